@@ -48,6 +48,9 @@ setup(
         # flash-attn needs a CUDA toolchain at build time: install it yourself on a GPU machine.
         "gpu": ["triton>=3.0"],
     },
+    entry_points={
+        "console_scripts": ["token-compressor=token_compressor.cli:main"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
