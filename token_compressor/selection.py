@@ -99,7 +99,9 @@ def select(features: torch.Tensor, num_frames: int, ratio: float, method: str = 
     except ConfigError as e:
         raise ValueError(str(e)) from None
     fn = get_compressor(method)
-    mask = fn(features.reshape(T, N, D), r, **options)
+    # a selection is a discrete choice: no gradient flows through it
+    with torch.no_grad():
+        mask = fn(features.detach().reshape(T, N, D), r, **options)
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (T, N):
         raise ValueError(
             f"compressor {method!r} must return a bool mask of shape {(T, N)}, got "

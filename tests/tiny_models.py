@@ -1,0 +1,125 @@
+"""Tiny random-weight Qwen2-VL / Qwen2.5-VL / Qwen3-VL models and hand-built video prompts,
+offline. Token ids: the vocabulary is 256 with the Qwen special tokens at the top."""
+from __future__ import annotations
+
+import torch
+
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+VOCAB = 256
+IMAGE, VIDEO, VSTART, VEND = 250, 251, 252, 253
+PAD = 0
+
+
+def tiny_config(family: str, attn: str = "sdpa"):
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
+
+    text = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VSTART,
+               vision_end_token_id=VEND)
+    if family == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2)
+        cfg = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+    elif family == "qwen2_5_vl":
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                      fullatt_block_indexes=[1], tokens_per_second=2)
+        cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+    elif family == "qwen3_vl":
+        text3 = dict(text, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                         "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                      patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0, 1])
+        cfg = Qwen3VLConfig(text_config=text3, vision_config=vision, **ids)
+    else:
+        raise ValueError(family)
+    cfg._attn_implementation = attn
+    cfg.text_config._attn_implementation = attn
+    cfg.vision_config._attn_implementation = attn
+    return cfg
+
+
+def tiny_model(family: str, attn: str = "sdpa", seed: int = 0):
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+
+    cls = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+           "qwen3_vl": Qwen3VLForConditionalGeneration}[family]
+    torch.manual_seed(seed)
+    model = cls(tiny_config(family, attn)).eval()
+    model.generation_config.pad_token_id = PAD
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def patch_dim(family: str) -> int:
+    p = 16 if family == "qwen3_vl" else 14
+    return 3 * 2 * p * p
+
+
+def video_segment(family: str, grid, timestamps=True):
+    """Token ids of one video in the prompt: Qwen2/2.5 one block, Qwen3 one group per frame."""
+    T, h, w = grid
+    n = h * w // 4
+    if family != "qwen3_vl":
+        return [VSTART] + [VIDEO] * (T * n) + [VEND]
+    seg = []
+    for t in range(T):
+        seg += [10 + t, 11] if timestamps else []  # '<t.s> seconds' stand-in text
+        seg += [VSTART] + [VIDEO] * n + [VEND]
+    return seg
+
+
+def make_sample(family: str, grids, text_before=(1, 2, 3), text_after=(4, 5, 6, 7), image_grids=(), seed=0):
+    """One prompt with videos (and optionally images) -> dict of 1-D tensors + pixel tensors."""
+    g = torch.Generator().manual_seed(seed)
+    ids = list(text_before)
+    for grid in image_grids:
+        T, h, w = grid
+        ids += [VSTART] + [IMAGE] * (T * h * w // 4) + [VEND] + [8]
+    for i, grid in enumerate(grids):
+        ids += video_segment(family, grid) + [20 + i]
+    ids += list(text_after)
+    ids = torch.tensor(ids)
+    mm = torch.zeros_like(ids)
+    mm[ids == IMAGE] = 1
+    mm[ids == VIDEO] = 2
+    out = {"input_ids": ids, "mm_token_type_ids": mm}
+    if grids:
+        rows = sum(T * h * w for T, h, w in grids)
+        out["pixel_values_videos"] = torch.randn(rows, patch_dim(family), generator=g)
+        out["video_grid_thw"] = torch.tensor(grids)
+    if image_grids:
+        rows = sum(T * h * w for T, h, w in image_grids)
+        out["pixel_values"] = torch.randn(rows, patch_dim(family), generator=g)
+        out["image_grid_thw"] = torch.tensor(image_grids)
+    if family == "qwen2_5_vl" and grids:
+        out["second_per_grid_ts"] = torch.ones(len(grids))
+    return out
+
+
+def collate(samples, padding_side="left"):
+    """Batch samples made by `make_sample`, padding input ids with PAD."""
+    L = max(s["input_ids"].numel() for s in samples)
+    B = len(samples)
+    input_ids = torch.full((B, L), PAD, dtype=torch.long)
+    mm = torch.zeros((B, L), dtype=torch.long)
+    mask = torch.zeros((B, L), dtype=torch.long)
+    for b, s in enumerate(samples):
+        n = s["input_ids"].numel()
+        sl = slice(L - n, L) if padding_side == "left" else slice(0, n)
+        input_ids[b, sl] = s["input_ids"]
+        mm[b, sl] = s["mm_token_type_ids"]
+        mask[b, sl] = 1
+    batch = {"input_ids": input_ids, "attention_mask": mask, "mm_token_type_ids": mm}
+    for key in ("pixel_values_videos", "pixel_values", "second_per_grid_ts"):
+        parts = [s[key] for s in samples if key in s]
+        if parts:
+            batch[key] = torch.cat(parts)
+    for key in ("video_grid_thw", "image_grid_thw"):
+        parts = [s[key] for s in samples if key in s]
+        if parts:
+            batch[key] = torch.cat(parts)
+    return batch

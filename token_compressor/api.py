@@ -1,0 +1,110 @@
+"""Patching models: apply / apply_to_* / revert / apply_from_env / last_stats."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from .config import ConfigError, from_env, parse_compressor, parse_ratio
+from .models import FAMILIES, check_transformers_version, family_for
+from .models import patching
+from .models.pruning import Settings
+
+logger = logging.getLogger("token_compressor")
+
+
+def _settings(method, ratio, compress_images: bool, options: dict) -> Settings:
+    """Explicit arguments win; what is not given comes from the environment configuration."""
+    env = None
+    if method is None or ratio is None:
+        env = from_env()
+    name = parse_compressor(method, "method") if method is not None else env.compressor
+    r = parse_ratio(ratio, "ratio") if ratio is not None else env.ratio
+    return Settings(method=name, ratio=r, compress_images=bool(compress_images), options=tuple(sorted(options.items())))
+
+
+def _check_model(model, family) -> None:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type != family.name:
+        raise ValueError(f"expected a {family.name} model, got model_type {model_type!r}")
+    inner = getattr(model, "model", None)
+    for seam in ("get_video_features", "get_rope_index"):
+        if not callable(getattr(inner, seam, None)):
+            raise RuntimeError(
+                f"{type(model).__name__}.model has no {seam}(): this transformers version's Qwen-VL seams "
+                "are not the ones token_compressor supports"
+            )
+
+
+def _apply_family(name: str, model=None, method=None, ratio=None, compress_images=False, **options):
+    check_transformers_version()
+    family = FAMILIES[name]
+    settings = _settings(method, ratio, compress_images, options)
+    if model is None:
+        patching.patch_class(family.model_class(), family, settings)
+        return None
+    _check_model(model, family)
+    patching.patch_instance(model, family, settings)
+    return model
+
+
+def apply_to_qwen2_vl(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
+                      compress_images: bool = False, **options):
+    """Patch Qwen2-VL: the class when `model` is None (every model, existing or built later), else
+    this instance. Method/ratio default to the environment configuration (`COMPRESSOR`,
+    `R_RATIO`). Calling again only changes the settings. Extra options go to the compressor."""
+    return _apply_family("qwen2_vl", model, method, ratio, compress_images, **options)
+
+
+def apply_to_qwen2_5_vl(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
+                        compress_images: bool = False, **options):
+    """As `apply_to_qwen2_vl`, for Qwen2.5-VL."""
+    return _apply_family("qwen2_5_vl", model, method, ratio, compress_images, **options)
+
+
+def apply_to_qwen3_vl(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
+                      compress_images: bool = False, **options):
+    """As `apply_to_qwen2_vl`, for Qwen3-VL (deepstack features pruned with the same indices)."""
+    return _apply_family("qwen3_vl", model, method, ratio, compress_images, **options)
+
+
+def apply(model, method: Optional[str] = None, ratio: Optional[float] = None, compress_images: bool = False, **options):
+    """Patch one loaded model, dispatching on `model.config.model_type`; returns the model.
+
+    Without `method`/`ratio` the environment configuration is used. Calling `apply` again on a
+    patched model changes its method/ratio without patching twice."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    family = family_for(model_type)
+    return _apply_family(family.name, model, method, ratio, compress_images, **options)
+
+
+def revert(model=None) -> None:
+    """Undo `apply`/`apply_to_*`: for `model`, or every class-level patch when None."""
+    if model is not None:
+        patching.unpatch_instance(model)
+        return
+    for family in FAMILIES.values():
+        patching.unpatch_class(family.model_class())
+
+
+def apply_from_env() -> bool:
+    """Class-level patches for every supported family from `COMPRESSOR`/`R_RATIO`.
+
+    Returns True when patches were applied; a no-op (False) when `COMPRESSOR` is unset or `none`.
+    Raises `ConfigError` on an invalid configuration."""
+    cfg = from_env()
+    if not cfg.enabled:
+        return False
+    for name in FAMILIES:
+        _apply_family(name, None, cfg.compressor, cfg.ratio)
+    logger.info("token_compressor: %s at r=%g patched into %s", cfg.compressor, cfg.ratio, ", ".join(FAMILIES))
+    return True
+
+
+def last_stats(model) -> Optional[dict]:
+    """What the last compressed prefill of `model` did (visual tokens before/after, per sample
+    and per visual item, method, ratio, sequence lengths, time), or None if none ran."""
+    return patching.last_stats(model)
+
+
+__all__ = ["ConfigError", "apply", "apply_from_env", "apply_to_qwen2_5_vl", "apply_to_qwen2_vl",
+           "apply_to_qwen3_vl", "last_stats", "revert"]

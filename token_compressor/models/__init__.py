@@ -1,0 +1,45 @@
+"""Qwen-VL model patches: one module per family holds its seams (`qwen2_vl`, `qwen2_5_vl`,
+`qwen3_vl`); `pruning` is the shared plumbing; `patching` wraps forward/generate."""
+from __future__ import annotations
+
+from typing import Dict
+
+from .families import Family
+from .qwen2_5_vl import FAMILY as QWEN2_5_VL
+from .qwen2_vl import FAMILY as QWEN2_VL
+from .qwen3_vl import FAMILY as QWEN3_VL
+
+FAMILIES: Dict[str, Family] = {f.name: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)}
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+# transformers versions whose seams (get_video_features -> pooler_output tuple, get_rope_index,
+# forward(mm_encoder_outputs=...)) the patches rely on; tested with 5.23.
+TRANSFORMERS_RANGE = (">=5.0", "<6")
+
+
+def check_transformers_version(version: str = None) -> None:
+    """Raise RuntimeError unless transformers is within TRANSFORMERS_RANGE."""
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise RuntimeError(f"cannot read the transformers version {version!r}") from None
+    if major != 5:
+        raise RuntimeError(
+            f"token_compressor supports transformers {','.join(TRANSFORMERS_RANGE)} (Qwen-VL seams of 5.x); "
+            f"found {version}"
+        )
+
+
+def family_for(model_type: str) -> Family:
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        raise ValueError(
+            f"unsupported model type {model_type!r}; token_compressor patches: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        ) from None
+
+
+__all__ = ["FAMILIES", "Family", "SUPPORTED_MODEL_TYPES", "TRANSFORMERS_RANGE", "check_transformers_version", "family_for"]
