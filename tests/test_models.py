@@ -1,0 +1,336 @@
+"""Model patches against exact oracles: the unpatched model fed the explicitly pruned sequence
+with the original positions.
+
+Tolerance: the oracle and the patched model run the same kernels on the same pruned inputs, so
+unpadded single-sample logits are compared bitwise; batched results (re-padded, so sdpa sees a
+different mask layout and matmul shapes) are compared with atol 1e-5 on fp32 logits of O(1),
+about 100 fp32 ulps, far below any argmax gap that matters for the generated-id equality checks.
+"""
+import logging
+
+import pytest
+import torch
+
+import token_compressor as tc
+from tiny_models import FAMILIES, VIDEO, collate, make_sample, tiny_model
+
+BATCH_ATOL = 1e-5
+SPECIAL = list(range(250, 256))  # image, video, vision start/end ids of the tiny vocabulary
+
+
+@pytest.fixture(autouse=True)
+def _clean_patches():
+    yield
+    tc.revert()
+
+
+def explicit_pruned_inputs(model, sample, ratio, method="vidcom2"):
+    """Oracle inputs for one unpadded sample, built without token_compressor.models: the kept
+    video rows from `tc.select` on the model's own features, ids and features sliced, original
+    3D positions sliced, text row renumbered 0..L'-1."""
+    inner = model.model
+    ids = sample["input_ids"].unsqueeze(0)
+    mm = sample["mm_token_type_ids"].unsqueeze(0)
+    with torch.no_grad():
+        enc = inner.get_video_features(sample["pixel_values_videos"], sample["video_grid_thw"], return_dict=True)
+    rope_kw = {"video_grid_thw": sample["video_grid_thw"], "mm_token_type_ids": mm}
+    if "second_per_grid_ts" in sample:
+        rope_kw["second_per_grid_ts"] = sample["second_per_grid_ts"]
+    pos3, _ = inner.get_rope_index(ids, attention_mask=torch.ones_like(ids), **rope_kw)
+    video_pos = (ids[0] == VIDEO).nonzero().squeeze(1)
+    keep = torch.ones(ids.shape[1], dtype=torch.bool)
+    kept_feats, kept_deep, offset = [], [], 0
+    for v, feat in enumerate(enc.pooler_output):
+        n = feat.shape[0]
+        sel = tc.select(feat, int(sample["video_grid_thw"][v][0]), ratio, method=method)
+        drop = torch.ones(n, dtype=torch.bool)
+        drop[sel.keep] = False
+        keep[video_pos[offset:offset + n][drop]] = False
+        kept_feats.append(feat[sel.keep])
+        kept_deep.append(sel.keep)
+        offset += n
+    enc.pooler_output = tuple(kept_feats)
+    if getattr(enc, "deepstack_features", None) is not None:
+        enc.deepstack_features = [tuple(f[k] for f, k in zip(layer, kept_deep)) for layer in enc.deepstack_features]
+    Lp = int(keep.sum())
+    text = torch.arange(Lp).view(1, 1, Lp)
+    position_ids = torch.cat([text, pos3[:, :, keep]], dim=0)
+    return {
+        "input_ids": ids[:, keep],
+        "attention_mask": torch.ones(1, Lp, dtype=torch.long),
+        "mm_token_type_ids": mm[:, keep],
+        "position_ids": position_ids,
+        "mm_encoder_outputs": {"video": enc},
+    }
+
+
+def greedy_uncached(model, inputs, steps):
+    """Greedy decoding without a KV cache: every step re-runs the whole (pruned) sequence, with
+    every position row extended by +1 per generated token."""
+    ids, pos = inputs["input_ids"], inputs["position_ids"]
+    mm = inputs["mm_token_type_ids"]
+    out = []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos,
+                           mm_token_type_ids=mm, mm_encoder_outputs=inputs["mm_encoder_outputs"],
+                           use_cache=False).logits
+        last = logits[:, -1].clone()
+        last[:, SPECIAL] = float("-inf")  # as generate's suppress_tokens
+        nxt = last.argmax(-1, keepdim=True)
+        out.append(int(nxt))
+        ids = torch.cat([ids, nxt], dim=1)
+        mm = torch.cat([mm, torch.zeros_like(nxt)], dim=1)
+        pos = torch.cat([pos, pos[..., -1:] + 1], dim=-1)
+    return out
+
+
+def sample_for(family, seed=0, grids=((4, 4, 4),)):
+    return make_sample(family, list(grids), seed=seed)
+
+
+def batch_of(sample):
+    return collate([sample])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("how", ["none", "unset"])
+def test_patched_but_off_is_bitwise_identical(family, how, monkeypatch):
+    model = tiny_model(family)
+    batch = collate([sample_for(family, 0), sample_for(family, 1, grids=((2, 4, 4),))])
+    with torch.no_grad():
+        ref_logits = model(**batch).logits
+    ref_ids = model.generate(**batch, max_new_tokens=5, do_sample=False)
+    monkeypatch.delenv("COMPRESSOR", raising=False)
+    if how == "none":
+        tc.apply(model, method="none")
+    else:
+        tc.apply(model)  # COMPRESSOR unset: patched, but off
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, ref_logits)
+    assert torch.equal(model.generate(**batch, max_new_tokens=5, do_sample=False), ref_ids)
+    assert tc.last_stats(model) is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("ratio", [0.25, 0.6])
+def test_compressed_prefill_equals_unpatched_on_pruned_sequence(family, ratio):
+    model = tiny_model(family)
+    sample = sample_for(family, grids=((4, 4, 4), (2, 4, 8)))
+    oracle = explicit_pruned_inputs(model, sample, ratio)
+    with torch.no_grad():
+        expected = model(**oracle).logits
+    tc.apply(model, "vidcom2", ratio)
+    with torch.no_grad():
+        got = model(**batch_of(sample)).logits
+    assert got.shape == expected.shape
+    assert torch.equal(got, expected)
+    stats = tc.last_stats(model)
+    kept = int((oracle["input_ids"] == VIDEO).sum())
+    # grids (4, 4, 4) and (2, 4, 8): 4*4*4/4 = 16 and 2*4*8/4 = 16 merged tokens
+    assert stats["visual_tokens_before"] == 32 and stats["visual_tokens_after"] == kept < 32
+    assert [v["before"] for v in stats["per_sample"][0]] == [16, 16]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compressed_generate_equals_uncached_greedy_loop(family):
+    model = tiny_model(family)
+    sample = sample_for(family)
+    oracle = explicit_pruned_inputs(model, sample, 0.25)
+    expected = greedy_uncached(model, oracle, steps=6)
+    tc.apply(model, "vidcom2", 0.25)
+    batch = batch_of(sample)
+    # a random model may emit a vision token id, which would be read as a placeholder next step
+    out = model.generate(**batch, max_new_tokens=6, do_sample=False, suppress_tokens=SPECIAL)
+    L = batch["input_ids"].shape[1]
+    assert torch.equal(out[:, :L], batch["input_ids"]), "the original prompt is returned in front"
+    assert out[0, L:].tolist() == expected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cache_holds_only_kept_tokens(family):
+    model = tiny_model(family)
+    sample = sample_for(family)
+    tc.apply(model, "vidcom2", 0.25)
+    with torch.no_grad():
+        out = model(**batch_of(sample), use_cache=True)
+    stats = tc.last_stats(model)
+    assert out.past_key_values.get_seq_length() == stats["seq_len_after"]
+    assert stats["seq_len_after"] == sample["input_ids"].numel() - (stats["visual_tokens_before"] - stats["visual_tokens_after"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_batch_gives_each_sample_alone(family, padding_side):
+    model = tiny_model(family)
+    samples = [
+        sample_for(family, 0, grids=((4, 4, 4),)),
+        make_sample(family, [], seed=1, text_after=(4, 5)),  # no video at all
+        sample_for(family, 2, grids=((2, 4, 8), (2, 4, 4))),  # two videos
+    ]
+    tc.apply(model, "vidcom2", 0.3)
+    alone_logits, alone_ids = [], []
+    for s in samples:
+        b = batch_of(s)
+        with torch.no_grad():
+            alone_logits.append(model(**b).logits[0, -1])
+        if padding_side == "left":
+            alone_ids.append(model.generate(**b, max_new_tokens=4, do_sample=False)[0, b["input_ids"].shape[1]:])
+    batch = collate(samples, padding_side=padding_side)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    mask = tc.last_stats(model)
+    last = logits[:, -1] if padding_side == "left" else None
+    for b, s in enumerate(samples):
+        if padding_side == "left":
+            row = last[b]
+        else:  # right padding: the last real token of sample b in the re-padded batch
+            n_kept = s["input_ids"].numel() - sum(x["before"] - x["after"] for x in mask["per_sample"][b])
+            row = logits[b, n_kept - 1]
+        torch.testing.assert_close(row, alone_logits[b], atol=BATCH_ATOL, rtol=0)
+    if padding_side == "left":
+        out = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        L = batch["input_ids"].shape[1]
+        for b in range(len(samples)):
+            assert torch.equal(out[b, L:], alone_ids[b])
+    kept = [sum(x["after"] for x in ps) for ps in mask["per_sample"]]
+    assert kept[1] == 0 and kept[0] != kept[2], "samples keep different counts"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_labels_are_pruned_at_the_same_positions(family):
+    model = tiny_model(family)
+    sample = sample_for(family)
+    batch = batch_of(sample)
+    labels = batch["input_ids"].clone()
+    labels[batch["mm_token_type_ids"] != 0] = -100
+    oracle = explicit_pruned_inputs(model, sample, 0.25)
+    oracle_labels = oracle["input_ids"].clone()
+    oracle_labels[oracle["mm_token_type_ids"] != 0] = -100
+    with torch.no_grad():
+        expected = model(**oracle, labels=oracle_labels).loss
+    tc.apply(model, "vidcom2", 0.25)
+    with torch.no_grad():
+        got = model(**batch, labels=labels).loss
+    assert torch.isfinite(got) and torch.equal(got, expected)
+
+
+def test_eager_attention_matches_sdpa_result():
+    family = "qwen2_5_vl"
+    sample = sample_for(family)
+    results = []
+    for attn in ("sdpa", "eager"):
+        model = tiny_model(family, attn=attn)
+        tc.apply(model, "vidcom2", 0.25)
+        with torch.no_grad():
+            results.append(model(**batch_of(sample)).logits)
+        oracle = explicit_pruned_inputs(model, sample, 0.25)
+        tc.revert(model)
+        with torch.no_grad():
+            torch.testing.assert_close(model(**oracle).logits, results[-1], atol=0, rtol=0)
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
+
+
+def test_images_untouched_by_default_and_compressed_on_request():
+    family = "qwen2_5_vl"
+    sample = make_sample(family, [(2, 4, 4)], image_grids=[(1, 8, 8)])
+    model = tiny_model(family)
+    tc.apply(model, "vidcom2", 0.25)
+    with torch.no_grad():
+        model(**batch_of(sample))
+    kinds = tc.last_stats(model)["per_sample"][0]
+    assert [k["kind"] for k in kinds] == ["video"]
+    tc.apply(model, "vidcom2", 0.25, compress_images=True)
+    with torch.no_grad():
+        model(**batch_of(sample))
+    kinds = tc.last_stats(model)["per_sample"][0]
+    assert sorted(k["kind"] for k in kinds) == ["image", "video"]
+    image = [k for k in kinds if k["kind"] == "image"][0]
+    assert image["before"] == 16 and image["after"] == 4  # one frame: round(0.25 * 16)
+
+
+def test_class_level_patch_reaches_models_built_later_and_reverts():
+    family = "qwen2_vl"
+    sample = sample_for(family)
+    before = tiny_model(family)
+    with torch.no_grad():
+        ref = before(**batch_of(sample)).logits
+    tc.apply_to_qwen2_vl(method="vidcom2", ratio=0.25)
+    tc.apply_to_qwen2_vl(method="vidcom2", ratio=0.25)  # applying twice patches once
+    later = tiny_model(family)
+    with torch.no_grad():
+        out = later(**batch_of(sample)).logits
+    assert out.shape[1] < ref.shape[1] and tc.last_stats(later)["visual_tokens_after"] < 16
+    tc.revert()
+    with torch.no_grad():
+        assert torch.equal(later(**batch_of(sample)).logits, ref)
+
+
+def test_method_and_ratio_change_without_repatching():
+    model = tiny_model("qwen3_vl")
+    sample = sample_for("qwen3_vl")
+    tc.apply_to_qwen3_vl(model, method="vidcom2", ratio=0.25)
+    forward = model.forward
+    with torch.no_grad():
+        model(**batch_of(sample))
+    first = tc.last_stats(model)["visual_tokens_after"]
+    tc.apply(model, method="random", ratio=0.5)
+    assert model.forward is forward
+    with torch.no_grad():
+        model(**batch_of(sample))
+    stats = tc.last_stats(model)
+    assert (stats["method"], stats["ratio"]) == ("random", 0.5)
+    assert stats["visual_tokens_after"] == 8  # 4 frames x round(0.5 * 4 tokens)
+
+
+def test_apply_from_env(monkeypatch):
+    monkeypatch.setenv("COMPRESSOR", "none")
+    assert tc.apply_from_env() is False
+    monkeypatch.delenv("COMPRESSOR")
+    assert tc.apply_from_env() is False
+    monkeypatch.setenv("COMPRESSOR", "vidcom2")
+    monkeypatch.setenv("R_RATIO", "0.5")
+    assert tc.apply_from_env() is True
+    model = tiny_model("qwen2_5_vl")
+    with torch.no_grad():
+        model(**batch_of(sample_for("qwen2_5_vl")))
+    assert tc.last_stats(model)["ratio"] == 0.5
+    monkeypatch.setenv("R_RATIO", "abc")
+    with pytest.raises(tc.ConfigError, match="R_RATIO='abc'"):
+        tc.apply_from_env()
+
+
+def test_one_info_line_per_compressed_prefill(caplog):
+    model = tiny_model("qwen2_vl")
+    tc.apply(model, "vidcom2", 0.25)
+    with caplog.at_level(logging.INFO, logger="token_compressor"):
+        model.generate(**batch_of(sample_for("qwen2_vl")), max_new_tokens=3, do_sample=False)
+    lines = [r for r in caplog.records if "kept" in r.getMessage()]
+    assert len(lines) == 1 and "vidcom2" in lines[0].getMessage() and "/16 visual tokens" in lines[0].getMessage()
+
+
+def test_loud_failures():
+    model = tiny_model("qwen2_vl")
+    model.config.model_type = "llava"
+    with pytest.raises(ValueError, match="unsupported model type 'llava'"):
+        tc.apply(model, "vidcom2", 0.25)
+    model.config.model_type = "qwen2_vl"
+    with pytest.raises(ValueError, match="expected a qwen2_5_vl model"):
+        tc.apply_to_qwen2_5_vl(model, method="vidcom2", ratio=0.25)
+    with pytest.raises(tc.ConfigError, match="not a known compressor"):
+        tc.apply(model, "vidcom3", 0.25)
+    with pytest.raises(tc.ConfigError, match="out of range"):
+        tc.apply(model, "vidcom2", 2)
+    tc.apply(model, "vidcom2", 0.25)
+    batch = batch_of(sample_for("qwen2_vl"))
+    batch.pop("mm_token_type_ids")
+    with pytest.raises(ValueError, match="needs mm_token_type_ids"):
+        model(**batch)
+
+
+def test_unsupported_transformers_version_is_refused():
+    from token_compressor.models import check_transformers_version
+
+    check_transformers_version("5.23.0")
+    with pytest.raises(RuntimeError, match="supports transformers >=5.0,<6.*found 4.57.1"):
+        check_transformers_version("4.57.1")
