@@ -12,77 +12,16 @@ import pytest
 import torch
 
 import token_compressor as tc
+from oracles import SPECIAL, explicit_pruned_inputs, greedy_uncached
 from tiny_models import FAMILIES, VIDEO, collate, make_sample, tiny_model
 
 BATCH_ATOL = 1e-5
-SPECIAL = list(range(250, 256))  # image, video, vision start/end ids of the tiny vocabulary
 
 
 @pytest.fixture(autouse=True)
 def _clean_patches():
     yield
     tc.revert()
-
-
-def explicit_pruned_inputs(model, sample, ratio, method="vidcom2"):
-    """Oracle inputs for one unpadded sample, built without token_compressor.models: the kept
-    video rows from `tc.select` on the model's own features, ids and features sliced, original
-    3D positions sliced, text row renumbered 0..L'-1."""
-    inner = model.model
-    ids = sample["input_ids"].unsqueeze(0)
-    mm = sample["mm_token_type_ids"].unsqueeze(0)
-    with torch.no_grad():
-        enc = inner.get_video_features(sample["pixel_values_videos"], sample["video_grid_thw"], return_dict=True)
-    rope_kw = {"video_grid_thw": sample["video_grid_thw"], "mm_token_type_ids": mm}
-    if "second_per_grid_ts" in sample:
-        rope_kw["second_per_grid_ts"] = sample["second_per_grid_ts"]
-    pos3, _ = inner.get_rope_index(ids, attention_mask=torch.ones_like(ids), **rope_kw)
-    video_pos = (ids[0] == VIDEO).nonzero().squeeze(1)
-    keep = torch.ones(ids.shape[1], dtype=torch.bool)
-    kept_feats, kept_deep, offset = [], [], 0
-    for v, feat in enumerate(enc.pooler_output):
-        n = feat.shape[0]
-        sel = tc.select(feat, int(sample["video_grid_thw"][v][0]), ratio, method=method)
-        drop = torch.ones(n, dtype=torch.bool)
-        drop[sel.keep] = False
-        keep[video_pos[offset:offset + n][drop]] = False
-        kept_feats.append(feat[sel.keep])
-        kept_deep.append(sel.keep)
-        offset += n
-    enc.pooler_output = tuple(kept_feats)
-    if getattr(enc, "deepstack_features", None) is not None:
-        enc.deepstack_features = [tuple(f[k] for f, k in zip(layer, kept_deep)) for layer in enc.deepstack_features]
-    Lp = int(keep.sum())
-    text = torch.arange(Lp).view(1, 1, Lp)
-    position_ids = torch.cat([text, pos3[:, :, keep]], dim=0)
-    return {
-        "input_ids": ids[:, keep],
-        "attention_mask": torch.ones(1, Lp, dtype=torch.long),
-        "mm_token_type_ids": mm[:, keep],
-        "position_ids": position_ids,
-        "mm_encoder_outputs": {"video": enc},
-    }
-
-
-def greedy_uncached(model, inputs, steps):
-    """Greedy decoding without a KV cache: every step re-runs the whole (pruned) sequence, with
-    every position row extended by +1 per generated token."""
-    ids, pos = inputs["input_ids"], inputs["position_ids"]
-    mm = inputs["mm_token_type_ids"]
-    out = []
-    for _ in range(steps):
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos,
-                           mm_token_type_ids=mm, mm_encoder_outputs=inputs["mm_encoder_outputs"],
-                           use_cache=False).logits
-        last = logits[:, -1].clone()
-        last[:, SPECIAL] = float("-inf")  # as generate's suppress_tokens
-        nxt = last.argmax(-1, keepdim=True)
-        out.append(int(nxt))
-        ids = torch.cat([ids, nxt], dim=1)
-        mm = torch.cat([mm, torch.zeros_like(nxt)], dim=1)
-        pos = torch.cat([pos, pos[..., -1:] + 1], dim=-1)
-    return out
 
 
 def sample_for(family, seed=0, grids=((4, 4, 4),)):
