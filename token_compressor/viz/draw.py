@@ -58,10 +58,12 @@ class KeptLayout:
 
     size: Tuple[int, int]
     cell: int
+    legend: Box = (0, 0, 0, 0)
     panels: List[Box] = field(default_factory=list)
-    chart: Optional[Box] = None
-    bars: List[Box] = field(default_factory=list)
-    legend: Optional[Box] = None
+    captions: List[Box] = field(default_factory=list)
+    chart_area: Box = (0, 0, 0, 0)  # title, axes and bars
+    chart: Optional[Box] = None  # the axes' inside, set when drawn
+    bars: List[Box] = field(default_factory=list)  # one per frame, set when drawn
 
     def cell_box(self, t: int, y: int, x: int) -> Box:
         px, py = self.panels[t][:2]
@@ -71,6 +73,33 @@ class KeptLayout:
 def panel_cell(grid_h: int, grid_w: int) -> int:
     """Side in pixels of one token in a frame panel: panels about 256 px wide, cells 8-56 px."""
     return max(8, min(56, 256 // max(grid_h, grid_w)))
+
+
+def kept_layout(grid: Tuple[int, int, int], legend_lines: int) -> KeptLayout:
+    """Where `draw_kept` puts the legend, the frame panels and the chart for a token grid
+    `(T, H, W)` and that many legend lines (geometry only, nothing drawn)."""
+    from PIL import Image, ImageDraw
+
+    T, H, W = grid
+    cell = panel_cell(H, W)
+    pw, ph = W * cell, H * cell
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h, small_h = _text_height(probe, _font(15)), _text_height(probe, _font(12))
+    cols = max(1, min(T, (MAX_WIDTH - 2 * MARGIN + GAP) // (pw + GAP)))
+    rows = -(-T // cols)
+    width = max(2 * MARGIN + cols * pw + (cols - 1) * GAP, 520)
+    legend_bottom = MARGIN + (legend_lines + 1) * line_h + 6  # text lines + the colour key
+    panel_top = legend_bottom + GAP
+    chart_top = panel_top + rows * (small_h + ph + GAP) + GAP
+    layout = KeptLayout(size=(width, chart_top + CHART_HEIGHT + small_h + MARGIN), cell=cell,
+                        legend=(MARGIN, MARGIN, width - MARGIN, legend_bottom),
+                        chart_area=(MARGIN, chart_top, width - MARGIN, chart_top + CHART_HEIGHT))
+    for t in range(T):
+        r, c = divmod(t, cols)
+        x0, y0 = MARGIN + c * (pw + GAP), panel_top + r * (small_h + ph + GAP)
+        layout.captions.append((x0, y0, x0 + pw, y0 + small_h))
+        layout.panels.append((x0, y0 + small_h, x0 + pw, y0 + small_h + ph))
+    return layout
 
 
 def draw_kept(
@@ -99,22 +128,13 @@ def draw_kept(
     T, H, W = mask.shape
     if frames.ndim != 4 or frames.shape[0] != T or frames.shape[1] % H or frames.shape[2] % W:
         raise ValueError(f"frames {frames.shape} do not match the token grid {mask.shape}")
-    cell = panel_cell(H, W)
-    pw, ph = W * cell, H * cell
+    layout = kept_layout((T, H, W), len(legend))
+    cell, (width, height) = layout.cell, layout.size
     font, small = _font(15), _font(12)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    line_h, small_h = _text_height(probe, font), _text_height(probe, small)
-
-    cols = max(1, min(T, (MAX_WIDTH - 2 * MARGIN + GAP) // (pw + GAP)))
-    rows = -(-T // cols)
-    width = max(2 * MARGIN + cols * pw + (cols - 1) * GAP, 520)
-    legend_h = len(legend) * line_h + line_h + 6  # text lines + the colour key
-    panel_top = MARGIN + legend_h + GAP
-    chart_top = panel_top + rows * (small_h + ph + GAP) + GAP
-    height = chart_top + CHART_HEIGHT + small_h + MARGIN
     image = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    layout = KeptLayout(size=(width, height), cell=cell)
+    line_h = _text_height(draw, font)
+    pw, ph = W * cell, H * cell
 
     # legend: the caller's lines, then a key for the two looks
     y = MARGIN
@@ -127,16 +147,12 @@ def draw_kept(
     kx = MARGIN + sw + 6 + int(draw.textlength("kept token", font=font)) + 24
     draw.rectangle([kx, y + 1, kx + sw, y + 1 + sw], fill=tuple(dim(np.array([150, 150, 150], np.uint8))))
     draw.text((kx + sw + 6, y), "dropped token (dimmed)", fill=INK, font=font)
-    layout.legend = (MARGIN, MARGIN, width - MARGIN, y + line_h)
 
     budgets = mask.reshape(T, -1).sum(1)
     labels = list(frame_labels) if frame_labels is not None else [f"t={t}" for t in range(T)]
     for t in range(T):
-        r, c = divmod(t, cols)
-        x0 = MARGIN + c * (pw + GAP)
-        y0 = panel_top + r * (small_h + ph + GAP)
-        draw.text((x0, y0), f"{labels[t]}  kept {budgets[t]}/{H * W}", fill=INK, font=small)
-        py = y0 + small_h
+        x0, py = layout.panels[t][:2]
+        draw.text((x0, layout.captions[t][1]), f"{labels[t]}  kept {budgets[t]}/{H * W}", fill=INK, font=small)
         # the panel is exactly W*cell x H*cell, so every token owns a `cell`-pixel square of it
         picture = np.asarray(Image.fromarray(frames[t]).resize((pw, ph), Image.BICUBIC))
         cells = np.repeat(np.repeat(mask[t], cell, 0), cell, 1)[..., None]
@@ -144,16 +160,19 @@ def draw_kept(
         for yy, xx in zip(*np.nonzero(mask[t])):
             cx, cy = x0 + xx * cell, py + yy * cell
             draw.rectangle([cx, cy, cx + cell - 1, cy + cell - 1], outline=KEPT_OUTLINE, width=1 if cell < 16 else 2)
-        layout.panels.append((x0, py, x0 + pw, py + ph))
 
-    _draw_budget_chart(draw, layout, budgets, H * W, uniform_budget, (MARGIN, chart_top, width - MARGIN, chart_top + CHART_HEIGHT), small)
+    _draw_budget_chart(draw, layout, budgets, H * W, uniform_budget, layout.chart_area, small)
     return image, layout
 
 
 def _draw_budget_chart(draw, layout, budgets, tokens_per_frame, uniform_budget, box, font):
     x0, y0, x1, y1 = box
     title_h = _text_height(draw, font)
-    draw.text((x0, y0), f"tokens kept per frame (bars), out of {tokens_per_frame}", fill=INK, font=font)
+    title = f"tokens kept per frame (bars), out of {tokens_per_frame}"
+    draw.text((x0, y0), title, fill=INK, font=font)
+    if uniform_budget is not None:
+        draw.text((x0 + draw.textlength(title + "    ", font=font), y0),
+                  f"dashed: even split r*N = {uniform_budget:g}", fill=REFERENCE, font=font)
     axis_x = x0 + int(draw.textlength(str(tokens_per_frame), font=font)) + 6
     top, bottom = y0 + title_h + 4, y1
     layout.chart = (axis_x, top, x1, bottom)
@@ -178,7 +197,6 @@ def _draw_budget_chart(draw, layout, budgets, tokens_per_frame, uniform_budget, 
         uy = bottom - int(round(uniform_budget * scale))
         for sx in range(axis_x + 1, x1, 10):
             draw.line([sx, uy, min(sx + 5, x1), uy], fill=REFERENCE, width=2)
-        draw.text((x1 - 150, uy - 16), f"even split r*N = {uniform_budget:g}", fill=REFERENCE, font=font)
 
 
 def draw_retention(
