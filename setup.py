@@ -12,6 +12,12 @@ def _version():
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
+def _transformers_range():
+    # the one definition lives in token_compressor/support.py
+    with open(os.path.join(HERE, "token_compressor", "support.py"), encoding="utf-8") as f:
+        return re.search(r'^TRANSFORMERS_RANGE = "([^"]+)"', f.read(), re.M).group(1)
+
+
 def _readme():
     with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
         return f.read()
@@ -30,12 +36,19 @@ setup(
     install_requires=[
         "torch>=2.4",
         "numpy>=1.24",
-        "transformers>=5.0,<6",
+        "transformers" + _transformers_range(),
+        "packaging>=23",
+        "tqdm>=4.60",
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
+        ],
+        # `token-compressor visualize` and `bench --retention`: drawing and video decoding
+        "viz": [
+            "pillow>=10.1",
+            "av>=12",
         ],
         "eval": [
             "torchvision",

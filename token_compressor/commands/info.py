@@ -1,8 +1,46 @@
-"""`token-compressor info`: versions, compressors and what is usable on this machine."""
+"""`token-compressor info`: versions, compressors, supported models and what is usable here."""
 from __future__ import annotations
 
 import importlib.util
 import json
+from typing import Tuple
+
+
+def cuda_status() -> Tuple[bool, str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        built = torch.version.cuda
+        return False, f"no GPU visible (torch built with CUDA {built})" if built else "torch built without CUDA"
+    return True, f"{torch.cuda.device_count()} GPU(s), {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
+
+
+def triton_status() -> Tuple[bool, str]:
+    """Usable = importable AND a GPU driver is active (importing works without a GPU; launching does not)."""
+    if importlib.util.find_spec("triton") is None:
+        return False, "not installed"
+    try:
+        import triton
+        from triton.runtime.driver import driver
+
+        driver.active  # raises "0 active drivers" without a usable GPU
+    except Exception as e:  # any failure here means kernels cannot launch
+        version = getattr(locals().get("triton"), "__version__", "?")
+        reason = (str(e).splitlines() or [type(e).__name__])[0].split(" (")[0]
+        return False, f"installed {version}, but no usable GPU driver: {reason}"
+    return True, f"{triton.__version__}"
+
+
+def flash_attn_status(cuda: bool) -> Tuple[bool, str]:
+    if importlib.util.find_spec("flash_attn") is None:
+        return False, "not installed"
+    try:
+        import flash_attn
+    except Exception as e:
+        return False, f"installed but fails to import ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if not cuda:
+        return False, f"installed {flash_attn.__version__}, but no GPU"
+    return True, flash_attn.__version__
 
 
 def collect() -> dict:
@@ -11,27 +49,49 @@ def collect() -> dict:
 
     import token_compressor as tc
 
-    def usable(mod):
-        return importlib.util.find_spec(mod) is not None
+    from ..support import SUPPORTED_MODEL_TYPES, TRANSFORMERS_RANGE, transformers_supported
 
+    cuda, cuda_detail = cuda_status()
+    triton, triton_detail = triton_status()
+    flash, flash_detail = flash_attn_status(cuda)
     return {
         "token_compressor": tc.__version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "transformers_range": TRANSFORMERS_RANGE,
+        "transformers_supported": transformers_supported(transformers.__version__),
+        "model_families": list(SUPPORTED_MODEL_TYPES),
         "compressors": tc.available_compressors(),
-        "cuda": torch.cuda.is_available(),
-        "triton_installed": usable("triton"),
-        "flash_attn_installed": usable("flash_attn"),
+        "cuda": cuda,
+        "cuda_detail": cuda_detail,
+        "triton": triton,
+        "triton_detail": triton_detail,
+        "flash_attn": flash,
+        "flash_attn_detail": flash_detail,
     }
+
+
+def format_text(info: dict) -> str:
+    def yes(flag, detail):
+        return f"{'yes' if flag else 'no'}: {detail}"
+
+    rows = [
+        ("token-compressor", info["token_compressor"]),
+        ("torch", info["torch"]),
+        ("transformers", f"{info['transformers']} (supported range {info['transformers_range']}: "
+                         f"{'yes' if info['transformers_supported'] else 'NO'})"),
+        ("model families", ", ".join(info["model_families"])),
+        ("compressors", ", ".join(info["compressors"])),
+        ("CUDA", yes(info["cuda"], info["cuda_detail"])),
+        ("Triton", yes(info["triton"], info["triton_detail"])),
+        ("flash-attn", yes(info["flash_attn"], info["flash_attn_detail"])),
+    ]
+    return "\n".join(f"{key:<18}{value}" for key, value in rows)
 
 
 def run(args) -> int:
     info = collect()
-    if args.json:
-        print(json.dumps(info, indent=1))
-    else:
-        for key, value in info.items():
-            print(f"{key:<22}{', '.join(value) if isinstance(value, list) else value}")
+    print(json.dumps(info, indent=1) if args.json else format_text(info))
     return 0
 
 

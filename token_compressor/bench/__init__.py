@@ -1,0 +1,18 @@
+"""Benchmarks that need no model weights, shipped with the package so that the installed
+`token-compressor bench` runs the same code as `make bench` (`python -m benchmarks` in a checkout).
+
+    select_bench   selection speed and exactness: `select` vs a straightforward VidCom²
+    retention      which share of a planted event each compressor keeps (raw pixel features)
+    timing         interleaved best-of timing shared by the benchmarks
+"""
+from __future__ import annotations
+
+# the arguments `make bench` runs the selection benchmark with
+MAKE_BENCH_ARGS = ["--repeats", "15"]
+
+
+def main(argv=None) -> None:
+    """`make bench` / `token-compressor bench`: the weight-free speed benchmark."""
+    from . import select_bench
+
+    select_bench.main(list(MAKE_BENCH_ARGS) if argv is None else argv)

@@ -1,0 +1,74 @@
+"""`token-compressor visualize`: the sampled frames with the kept tokens highlighted.
+
+    token-compressor visualize --video clip.mp4 --features pixels -o kept.png [--compressor vidcom2 --ratio 0.25]
+
+Three separate steps: a feature source turns the video into `VisualTokens` (features `[T*N, D]`,
+grid `(T, H, W)`, one picture per temporal patch; `viz.FEATURE_SOURCES`), `select`
+chooses, `viz.draw.draw_kept` draws. `--features pixels` needs no weights.
+"""
+from __future__ import annotations
+
+import os
+
+from ._common import check_compressor, check_output, check_positive_int, check_ratio, progress, require
+
+
+def legend_lines(tokens, sel, video: str) -> list:
+    T, H, W = tokens.grid
+    return [
+        f"method {sel.method}   ratio r = {sel.ratio:g}   kept {sel.num_kept} of {sel.num_tokens} tokens "
+        f"({100 * sel.kept_fraction:.1f} %)",
+        f"{os.path.basename(video)}: {2 * T} frames sampled, grid {T} x {H} x {W} "
+        f"(temporal patches x rows x columns), features: {tokens.source}",
+    ]
+
+
+def run(args) -> int:
+    from ..selection import select
+    from ..viz import feature_source
+
+    ratio = check_ratio(args.ratio)
+    method = check_compressor(args.compressor)
+    check_positive_int(args.max_frames, "--max-frames")
+    if args.max_pixels is not None:
+        check_positive_int(args.max_pixels, "--max-pixels", minimum=28 * 28)
+    check_output(args.output)
+    require("PIL", "av")
+
+    tokens = feature_source(args.features)(args.video, args.max_frames, max_pixels=args.max_pixels, progress=progress)
+    T, H, W = tokens.grid
+    sel = select(tokens.features, T, ratio, method)
+
+    from ..viz.draw import draw_kept
+
+    image, _ = draw_kept(
+        tokens.frames,
+        sel.mask().view(T, H, W).cpu().numpy(),
+        legend_lines(tokens, sel, args.video),
+        frame_labels=[f"t={t} (frame {n})" for t, n in enumerate(tokens.frame_numbers.tolist())],
+        uniform_budget=ratio * H * W,
+    )
+    try:
+        image.save(args.output)
+    except OSError as e:
+        raise ValueError(f"cannot write {args.output}: {e}") from None
+    print(f"{args.output}: {sel.method} r={sel.ratio:g} kept {sel.num_kept}/{sel.num_tokens} tokens; "
+          f"per-frame budgets {' '.join(map(str, sel.budgets.tolist()))} of {H * W}")
+    return 0
+
+
+def register(sub) -> None:
+    from ..viz import FEATURE_SOURCES
+
+    p = sub.add_parser("visualize", help="draw the sampled frames with the kept tokens highlighted",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--video", required=True, help="video file")
+    p.add_argument("--features", choices=sorted(FEATURE_SOURCES), default="pixels",
+                   help="where the token features come from (pixels: raw patch pixels, no weights needed)")
+    p.add_argument("-o", "--output", default="kept.png", metavar="PNG", help="image to write (default kept.png)")
+    p.add_argument("--compressor", default="vidcom2", help="a registered compressor (default vidcom2)")
+    p.add_argument("--ratio", default="0.25", help="retention ratio in (0, 1] (default 0.25)")
+    p.add_argument("--max-frames", type=int, default=16, help="frames sampled uniformly (2 per temporal patch; default 16)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="pixels per frame after resizing, as Qwen-VL's max_pixels (default 448*448: at most 256 tokens)")
+    p.set_defaults(func=run)
