@@ -44,9 +44,9 @@ def test_transformers_range_defined_once():
 
 def test_bench_runs_what_make_bench_runs(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(token_compressor.bench, "main", lambda argv=None: calls.append(argv))
+    monkeypatch.setattr(token_compressor.bench, "main", lambda argv=None, with_prefill=True: calls.append(argv) or calls.append(with_prefill))
     assert cli.main(["bench"]) == 0
-    assert calls == [token_compressor.bench.MAKE_BENCH_ARGS]
+    assert calls == [token_compressor.bench.MAKE_BENCH_ARGS, True]
     # `make bench` is `python -m benchmarks`, whose entry point is the same function
     makefile = open(os.path.join(ROOT, "Makefile")).read()
     assert "$(PY) -m benchmarks" in makefile

@@ -1,6 +1,6 @@
 """`token-compressor bench`: the weight-free benchmarks.
 
-    token-compressor bench                  the selection benchmark, exactly what `make bench` prints
+    token-compressor bench                  selection + prefill benchmarks, exactly what `make bench` prints
     token-compressor bench --retention      share of a planted event each compressor keeps: table + plot
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ def run(args) -> int:
     argv = list(MAKE_BENCH_ARGS) if args.repeats is None else ["--repeats", str(check_positive_int(args.repeats, "--repeats"))]
     if args.json:
         argv += ["--json", args.json]
-    bench_main(argv)
+    bench_main(argv, with_prefill=not args.selection_only)
     return 0
 
 
@@ -51,6 +51,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", default="retention.png", metavar="PNG",
                    help="--retention: where to draw the plot (default retention.png; '' for none)")
     p.add_argument("--videos", type=int, default=5, help="--retention: synthetic videos to average over (default 5)")
+    p.add_argument("--selection-only", action="store_true",
+                   help="skip the end-to-end prefill benchmark (a random-weight Qwen2.5-VL, ~1 min on CPU)")
     p.add_argument("--repeats", type=int, default=None, help="selection benchmark: timing rounds (default as make bench: 15)")
     p.add_argument("--json", metavar="FILE", help="also write the rows to this JSON file")
     p.set_defaults(func=run)

@@ -9,11 +9,12 @@ from .qwen2_5_vl import FAMILY as QWEN2_5_VL
 from .qwen2_vl import FAMILY as QWEN2_VL
 from .qwen3_vl import FAMILY as QWEN3_VL
 
+from ..support import SUPPORTED_MODEL_TYPES, TRANSFORMERS_RANGE, transformers_supported
+
+# TRANSFORMERS_RANGE: the versions whose seams (get_video_features -> pooler_output tuple,
+# get_rope_index, forward(mm_encoder_outputs=...)) the patches rely on; tested with 5.23.
 FAMILIES: Dict[str, Family] = {f.name: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)}
-SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
-# transformers versions whose seams (get_video_features -> pooler_output tuple, get_rope_index,
-# forward(mm_encoder_outputs=...)) the patches rely on; tested with 5.23.
-TRANSFORMERS_RANGE = (">=5.0", "<6")
+assert tuple(FAMILIES) == SUPPORTED_MODEL_TYPES
 
 
 def check_transformers_version(version: str = None) -> None:
@@ -23,13 +24,12 @@ def check_transformers_version(version: str = None) -> None:
 
         version = transformers.__version__
     try:
-        major = int(version.split(".")[0])
-    except ValueError:
+        ok = transformers_supported(version)
+    except Exception:
         raise RuntimeError(f"cannot read the transformers version {version!r}") from None
-    if major != 5:
+    if not ok:
         raise RuntimeError(
-            f"token_compressor supports transformers {','.join(TRANSFORMERS_RANGE)} (Qwen-VL seams of 5.x); "
-            f"found {version}"
+            f"token_compressor supports transformers {TRANSFORMERS_RANGE} (the Qwen-VL seams of 5.x); found {version}"
         )
 
 
