@@ -85,6 +85,8 @@ class OpenAIChatClient:
                     err = ChatError(f"{self.base_url}: timed out after {self.timeout_s:g}s")
                 else:
                     err = ChatError(f"{self.base_url}: connection failed ({reason})")
+            except ChatError as e:  # a 200 whose body is not JSON (a proxy's error page): retry
+                err = e
             except (ConnectionError, OSError) as e:
                 err = ChatError(f"{self.base_url}: connection failed ({type(e).__name__}: {e})")
             if err.status in (400, 422) and "response_format" in str(err) and "response_format" in payload:

@@ -32,17 +32,21 @@ def split_options(prompt: str) -> Tuple[str, str]:
 def replace_question(prompt: str, new_question: str, original_question: Optional[str] = None) -> str:
     """Return `prompt` with its question replaced by `new_question`; options untouched.
 
-    - With `original_question` found verbatim in `prompt`, exactly its first occurrence is replaced
-      (anything before it, e.g. a pre-prompt, and after it stays byte-identical).
+    - With `original_question` found verbatim in `prompt`, exactly one occurrence is replaced (the
+      last one before the options), and everything before it (a pre-prompt) and after it stays
+      byte-identical.
     - Otherwise the stem before the multiple-choice options (see `split_options`) is replaced.
     - `new_question` None or blank, or equal to the original, returns `prompt` unchanged.
     """
     if new_question is None or not str(new_question).strip():
         return prompt
     new_question = str(new_question).strip()
+    stem, rest = split_options(prompt)
     if original_question:
-        at = prompt.find(original_question)
+        # the last occurrence before the options: a pre-prompt may repeat words of the question
+        at = stem.rfind(original_question)
+        if at < 0:
+            at = prompt.find(original_question)
         if at >= 0:
             return prompt[:at] + new_question + prompt[at + len(original_question):]
-    stem, rest = split_options(prompt)
     return new_question + rest
