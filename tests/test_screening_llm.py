@@ -63,7 +63,7 @@ def test_good_conversation(videos, tmp_path, caplog):
     assert all(r[1]["Authorization"] == f"Bearer {SECRET}" for r in server.requests)
     # captions cached in EMC's format, under the caption model
     cache_dir = tmp_path / "cache" / "captions" / "captioner-y"
-    (cap_file,) = cache_dir.iterdir()
+    (cap_file,) = cache_dir.glob("*.json")
     caps_json = json.loads(cap_file.read_text())
     assert caps_json["5"] == "A solid coloured frame; colour code 5." and set(caps_json) == {str(s) for s in range(12)}
     # the key never leaks
@@ -238,7 +238,7 @@ def test_concurrent_runs_share_one_cache(videos, tmp_path):
     assert sum(r.cached for r in results) == len(jobs) - 4
     snap = stats.snapshot()
     assert (snap["samples"], snap["screened"], snap["cached"]) == (12, 12, 8)
-    cap_files = sorted((tmp_path / "cache" / "captions" / "captioner-y").iterdir())
+    cap_files = sorted((tmp_path / "cache" / "captions" / "captioner-y").glob("*.json"))
     assert len(cap_files) == 2
     for f in cap_files:
         data = json.loads(f.read_text())
@@ -267,3 +267,22 @@ def test_config_validation():
     ]:
         with pytest.raises(ConfigError, match=msg):
             screening_from_env(env)
+
+
+def test_caption_cache_merges_across_processes(tmp_path):
+    """Two processes adding captions to one video's file: every entry survives (file lock)."""
+    import subprocess
+    import sys
+
+    import token_compressor.screening.cache as cache_module
+
+    # the module alone (stdlib only), so the processes start without importing torch
+    code = ("import sys, importlib.util as u\n"
+            "spec = u.spec_from_file_location('cache', sys.argv[3]); m = u.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "c = m.ScreeningCache(sys.argv[1]); off = int(sys.argv[2])\n"
+            "for s in range(off, off + 40): c.add_caption('fp', 'm', s, f'cap {s}')\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(off), cache_module.__file__])
+             for off in (0, 40)]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    data = json.loads((tmp_path / "captions" / "m" / "fp.json").read_text())
+    assert data == {str(s): f"cap {s}" for s in range(80)}

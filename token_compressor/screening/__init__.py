@@ -17,6 +17,7 @@ from .cache import ScreeningCache
 from .planner import STATUSES, PlanOutcome, parse_reply, plan
 from .questions import replace_question, split_options
 from .screeners import NoneScreener, PlannerScreener, llm_screener, make_screener
+from .self_screener import self_screener
 from .segments import (kept_duration, kept_ratio, merge_intervals, normalize_segments, original_to_virtual,
                        overlap_scores, sample_timestamps, temporal_iou, virtual_to_original)
 from .video import VideoError, VideoInfo, fingerprint, probe
@@ -26,6 +27,6 @@ __all__ = [
     "ScreeningStats", "VideoError", "VideoInfo", "fingerprint", "frame_indices", "frame_timestamps",
     "kept_duration", "kept_ratio", "llm_screener", "make_screener", "merge_intervals", "normalize_segments",
     "original_to_virtual", "overlap_scores", "parse_reply", "plan", "probe", "replace_question",
-    "reset_screening_stats", "sample_timestamps", "screen", "screening_stats", "split_options",
+    "reset_screening_stats", "sample_timestamps", "screen", "screening_stats", "self_screener", "split_options",
     "temporal_iou", "virtual_to_original",
 ]

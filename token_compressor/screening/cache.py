@@ -4,10 +4,11 @@
     results/<key>.json                                        EMC schema + what produced it
 
 Every write goes to a temporary file in the same directory and is renamed over the target
-(`os.replace`), so readers never see a half-written file, across processes too. Within a process
-a lock per path serialises read-modify-write of caption files, and `key_lock` lets `screen()` run
-each (video, question, screener) at most once at a time. Across processes two writers of the same
-caption file may each drop the other's new entries; that costs a re-caption, never a wrong answer.
+(`os.replace`), so readers never see a half-written file, across processes too. A lock per path
+(a thread lock, plus an advisory `fcntl` lock on `<file>.lock` where available, so across
+processes too) serialises the read-modify-write of a caption file, and `key_lock` lets `screen()`
+run each (video, question, screener) at most once at a time within a process; two processes may
+screen the same key concurrently and the last atomic write wins (both results are valid).
 """
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ import os
 import re
 import tempfile
 import threading
+from contextlib import contextmanager
 from typing import Dict, Optional
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: thread locks only
+    fcntl = None
 
 _locks: Dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -30,6 +37,22 @@ def key_lock(key: str) -> threading.Lock:
         if lock is None:
             lock = _locks[key] = threading.Lock()
         return lock
+
+
+@contextmanager
+def file_lock(path: str):
+    """This process's lock for `path` and, on POSIX, an advisory lock on `path + ".lock"`."""
+    with key_lock(f"file:{path}"):
+        if fcntl is None:
+            yield
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".lock", "a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_json(path: str, obj) -> None:
@@ -88,7 +111,7 @@ class ScreeningCache:
         path = self.captions_path(fingerprint, caption_model)
         if not path:
             return
-        with key_lock(path):
+        with file_lock(path):
             data = self.load_captions(fingerprint, caption_model)
             data[str(int(second))] = caption
             atomic_write_json(path, data)

@@ -187,13 +187,15 @@ def _full(duration, question, status, reason, trace) -> PlanOutcome:
 
 
 def plan(question: str, duration: float, fps: float, chat_fn: Callable[[List[dict]], str],
-         caption_fn: Callable[[int], str]) -> PlanOutcome:
+         caption_fn: Callable[[int], str], *, max_unparsable: int = MAX_UNPARSABLE_IN_A_ROW,
+         max_messages: int = MAX_MESSAGES, max_exceptions: int = MAX_EXCEPTIONS) -> PlanOutcome:
     """Run ReSimplifyIt-simple. Never raises for a failing `chat_fn`/`caption_fn`: after
     `MAX_EXCEPTIONS` exceptions (or one that says it is not retryable) the outcome is the whole
     video with the original question and status `failed`; `MAX_UNPARSABLE_IN_A_ROW` unparsable
     replies give the whole video with status `failed`; more than `MAX_MESSAGES` messages give the
     whole video with status `max_turns_exceeded`; an end decision with no usable segment gives the
-    whole video and the original question with status `no_screening_possible`."""
+    whole video and the original question with status `no_screening_possible`. The three limits
+    default to the note's 10 / 100 / 5."""
     trace: List[dict] = []
     exceptions = 0
     last_second = max(0, int(math.floor(duration)))
@@ -204,8 +206,8 @@ def plan(question: str, duration: float, fps: float, chat_fn: Callable[[List[dic
         trace.append({"call": kind, "ok": False, "error": f"{type(e).__name__}: {e}"[:500], **extra})
         if not getattr(e, "retryable", True):
             return _full(duration, question, "failed", f"{kind} failed and cannot be retried: {e}", trace)
-        if exceptions >= MAX_EXCEPTIONS:
-            return _full(duration, question, "failed", f"{MAX_EXCEPTIONS} exceptions; last: {e}", trace)
+        if exceptions >= max_exceptions:
+            return _full(duration, question, "failed", f"{max_exceptions} exceptions; last: {e}", trace)
         return None
 
     def caption(second: int):
@@ -230,8 +232,8 @@ def plan(question: str, duration: float, fps: float, chat_fn: Callable[[List[dic
                 {"role": "user", "content": USER_PROMPT.replace("{question}", question)}]
     unparsable = 0
     while True:
-        if len(messages) > MAX_MESSAGES:
-            return _full(duration, question, "max_turns_exceeded", f"more than {MAX_MESSAGES} messages", trace)
+        if len(messages) > max_messages:
+            return _full(duration, question, "max_turns_exceeded", f"more than {max_messages} messages", trace)
         t0 = time.perf_counter()
         try:
             reply = chat_fn(list(messages))
@@ -247,8 +249,8 @@ def plan(question: str, duration: float, fps: float, chat_fn: Callable[[List[dic
         messages.append({"role": "assistant", "content": str(reply)})
         if decision is None:
             unparsable += 1
-            if unparsable >= MAX_UNPARSABLE_IN_A_ROW:
-                return _full(duration, question, "failed", f"{MAX_UNPARSABLE_IN_A_ROW} unparsable replies in a row", trace)
+            if unparsable >= max_unparsable:
+                return _full(duration, question, "failed", f"{max_unparsable} unparsable replies in a row", trace)
             messages.append({"role": "user", "content": REPAIR_PROMPT})
             continue
         unparsable = 0

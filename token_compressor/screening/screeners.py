@@ -34,17 +34,21 @@ class PlannerScreener:
         describe_image(image: PIL.Image) -> str  a caption of one frame
 
     Captions are cached per video (fingerprint) and caption model in `cache`, so a second
-    question about the same video asks only for seconds not seen before.
+    question about the same video asks only for seconds not seen before. `limits` overrides the
+    planner's limits (`max_unparsable`, `max_messages`, `max_exceptions`; default 10 / 100 / 5)
+    and is part of `identity()` when given.
     """
 
     def __init__(self, name: str, chat_fn: Callable[[List[dict]], str], describe_image: Callable,
-                 identity: dict, caption_model: Optional[str] = None, cache: Optional[ScreeningCache] = None):
+                 identity: dict, caption_model: Optional[str] = None, cache: Optional[ScreeningCache] = None,
+                 limits: Optional[dict] = None):
         self.name = name
         self.chat_fn = chat_fn
         self.describe_image = describe_image
-        self._identity = dict(identity)
+        self._identity = dict(identity, **({"limits": dict(limits)} if limits else {}))
         self.caption_model = caption_model
         self.cache = cache or ScreeningCache(None)
+        self.limits = dict(limits or {})  # plan()'s max_unparsable / max_messages / max_exceptions
 
     def identity(self) -> dict:
         return dict(self._identity)
@@ -62,7 +66,7 @@ class PlannerScreener:
         return caption
 
     def screen_video(self, info: VideoInfo, question: str) -> PlanOutcome:
-        return plan(question, info.duration, info.fps, self.chat_fn, self.caption_fn_for(info))
+        return plan(question, info.duration, info.fps, self.chat_fn, self.caption_fn_for(info), **self.limits)
 
 
 def llm_screener(config: ScreeningConfig, cache: Optional[ScreeningCache] = None,
@@ -100,6 +104,7 @@ def make_screener(config: ScreeningConfig, cache: Optional[ScreeningCache] = Non
     if config.screener == "llm":
         return llm_screener(config, cache)
     raise ConfigError(
-        f"EMC_SCREENER={config.screener!r} needs the loaded Qwen-VL model; it is not available from "
-        "the environment alone in this version; expected one of: none, llm"
+        f"EMC_SCREENER={config.screener!r} needs the loaded Qwen-VL model: build it with "
+        "token_compressor.screening.self_screener(model, processor) and pass it to screen(); "
+        "from the environment alone, expected one of: none, llm"
     )
