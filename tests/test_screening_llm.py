@@ -255,11 +255,13 @@ def test_config_validation():
         ("llm", "http://h:1/v1", "m", "m", 2.5, 0)
     assert cfg.enabled and SECRET not in repr(cfg) and SECRET not in json.dumps(cfg.cache_identity())
     assert screening_from_env({"EMC_BASE_URL": "http://a/v1", "OPENAI_BASE_URL": "http://b/v1"}).base_url == "http://a/v1"
+    assert screening_from_env({"EMC_CAPTION_BASE_URL": "http://c/v1/"}).caption_base_url == "http://c/v1"
     for env, msg in [
         ({"EMC_SCREENER": "gpt"}, r"EMC_SCREENER='gpt' is not a screener; expected one of: none, llm, self"),
         ({"EMC_SCREENER": "llm"}, r"EMC_MODEL=None is not set; EMC_SCREENER='llm' needs"),
         ({"EMC_BASE_URL": "localhost:8000"}, r"EMC_BASE_URL='localhost:8000' is not a URL; expected an http"),
         ({"OPENAI_BASE_URL": "ftp://x"}, r"OPENAI_BASE_URL='ftp://x' is not a URL"),
+        ({"EMC_CAPTION_BASE_URL": "x"}, r"EMC_CAPTION_BASE_URL='x' is not a URL"),
         ({"EMC_TIMEOUT_S": "0"}, r"EMC_TIMEOUT_S='0' is out of range; expected a number of seconds > 0"),
         ({"EMC_TIMEOUT_S": "soon"}, r"EMC_TIMEOUT_S='soon' is not a number"),
         ({"EMC_MAX_RETRIES": "11"}, r"EMC_MAX_RETRIES='11' is out of range; expected an integer in \[0, 10\]"),
@@ -286,3 +288,11 @@ def test_caption_cache_merges_across_processes(tmp_path):
     assert [p.wait(60) for p in procs] == [0, 0]
     data = json.loads((tmp_path / "captions" / "m" / "fp.json").read_text())
     assert data == {str(s): f"cap {s}" for s in range(80)}
+
+
+def test_captions_from_another_endpoint(videos, tmp_path):
+    with FakeOpenAI(tool_then_end) as planner_server, FakeOpenAI(lambda b, n: (500, {}, 0)) as caption_server:
+        res = run(planner_server, tmp_path, videos["b"], EMC_CAPTION_BASE_URL=caption_server.base_url)
+        assert res.status == "succeeded"
+        assert len(caption_server.caption_requests()) == 7 and not planner_server.caption_requests()
+        assert not caption_server.planner_requests() and len(planner_server.planner_requests()) == 2

@@ -107,6 +107,7 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:
 # | `EMC_BASE_URL`      | an http(s) URL of an OpenAI-compatible API      | `OPENAI_BASE_URL`, else `https://api.openai.com/v1` |
 # | `EMC_MODEL`         | the planner model name (required for `llm`)     | unset   |
 # | `EMC_CAPTION_MODEL` | the caption model name                          | `EMC_MODEL` |
+# | `EMC_CAPTION_BASE_URL` | an http(s) URL for the caption model         | the planner's base URL |
 # | `EMC_CACHE_DIR`     | a directory (created when needed)               | `~/.cache/token_compressor/emc` |
 # | `EMC_TIMEOUT_S`     | a number of seconds > 0                         | `60`    |
 # | `EMC_MAX_RETRIES`   | an integer in [0, 10]                           | `2`     |
@@ -169,6 +170,7 @@ class ScreeningConfig:
     base_url: str = DEFAULT_EMC_BASE_URL
     model: Optional[str] = None
     caption_model: Optional[str] = None
+    caption_base_url: Optional[str] = None  # None: the planner's base_url
     cache_dir: str = os.path.abspath(os.path.expanduser(DEFAULT_EMC_CACHE_DIR))
     timeout_s: float = DEFAULT_EMC_TIMEOUT_S
     max_retries: int = DEFAULT_EMC_MAX_RETRIES
@@ -181,7 +183,7 @@ class ScreeningConfig:
     def cache_identity(self) -> dict:
         """What a screening result depends on, for cache keys (never the API key)."""
         return {"screener": self.screener, "base_url": self.base_url, "model": self.model,
-                "caption_model": self.caption_model}
+                "caption_model": self.caption_model, "caption_base_url": self.caption_base_url or self.base_url}
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "ScreeningConfig":
@@ -203,11 +205,13 @@ class ScreeningConfig:
             raise ConfigError(f"EMC_MODEL={env.get('EMC_MODEL')!r} is not set; EMC_SCREENER='llm' needs "
                               "the planner model name, e.g. EMC_MODEL=gpt-4o")
         caption_model = text("EMC_CAPTION_MODEL") or model
+        caption_base_url = (parse_base_url(text("EMC_CAPTION_BASE_URL"), "EMC_CAPTION_BASE_URL")
+                            if text("EMC_CAPTION_BASE_URL") else None)
         cache_dir = os.path.abspath(os.path.expanduser(text("EMC_CACHE_DIR") or DEFAULT_EMC_CACHE_DIR))
         timeout = parse_timeout(env["EMC_TIMEOUT_S"]) if text("EMC_TIMEOUT_S") else DEFAULT_EMC_TIMEOUT_S
         retries = parse_max_retries(env["EMC_MAX_RETRIES"]) if text("EMC_MAX_RETRIES") else DEFAULT_EMC_MAX_RETRIES
         return cls(screener=screener, base_url=base_url, model=model, caption_model=caption_model,
-                   cache_dir=cache_dir, timeout_s=timeout, max_retries=retries,
+                   caption_base_url=caption_base_url, cache_dir=cache_dir, timeout_s=timeout, max_retries=retries,
                    api_key=text("OPENAI_API_KEY"))
 
 

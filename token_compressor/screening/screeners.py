@@ -71,8 +71,9 @@ class PlannerScreener:
 
 def llm_screener(config: ScreeningConfig, cache: Optional[ScreeningCache] = None,
                  backoff_s: float = 1.0) -> PlannerScreener:
-    """The `llm` screener: planner `config.model` and captioner `config.caption_model`, both on the
-    OpenAI-compatible server at `config.base_url` (JSON mode for the planner where supported)."""
+    """The `llm` screener: planner `config.model` on the OpenAI-compatible server at
+    `config.base_url` (JSON mode where supported) and captioner `config.caption_model` on
+    `config.caption_base_url` (default: the same server)."""
     from .openai_client import OpenAIChatClient
 
     if not config.model:
@@ -80,6 +81,10 @@ def llm_screener(config: ScreeningConfig, cache: Optional[ScreeningCache] = None
     client = OpenAIChatClient(config.base_url, config.api_key, timeout_s=config.timeout_s,
                               max_retries=config.max_retries, backoff_s=backoff_s)
     caption_model = config.caption_model or config.model
+    caption_client = client
+    if config.caption_base_url and config.caption_base_url != config.base_url:
+        caption_client = OpenAIChatClient(config.caption_base_url, config.api_key, timeout_s=config.timeout_s,
+                                          max_retries=config.max_retries, backoff_s=backoff_s)
 
     def chat_fn(messages):
         return client.chat(messages, config.model, json_mode=True)
@@ -87,7 +92,7 @@ def llm_screener(config: ScreeningConfig, cache: Optional[ScreeningCache] = None
     def describe_image(image):
         content = [{"type": "text", "text": CAPTION_PROMPT},
                    {"type": "image_url", "image_url": {"url": image_data_url(image)}}]
-        return client.chat([{"role": "user", "content": content}], caption_model)
+        return caption_client.chat([{"role": "user", "content": content}], caption_model)
 
     screener = PlannerScreener("llm", chat_fn, describe_image, config.cache_identity(),
                                caption_model=caption_model,
