@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,eval,viz]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,eval,viz,screening]"
 	touch $(STAMP)
 
 venv: $(STAMP)

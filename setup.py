@@ -58,6 +58,9 @@ setup(
             "decord>=0.6",
             "av>=12",
         ],
+        # EMC segment screening (`token-compressor screen`, EMC_SCREENER=llm): PyAV decodes the
+        # frames to caption, Pillow encodes them; the OpenAI-compatible client is the stdlib.
+        "screening": ["av>=12", "pillow>=10"],
         # flash-attn needs a CUDA toolchain at build time: install it yourself on a GPU machine.
         "gpu": ["triton>=3.0"],
     },

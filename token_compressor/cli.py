@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "token_compressor.commands.info",
     "token_compressor.commands.bench",
     "token_compressor.commands.visualize",
+    "token_compressor.commands.screen",
 ]
 
 

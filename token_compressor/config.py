@@ -95,3 +95,126 @@ class Config:
 def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:
     """Read and validate the configuration from `environ` (default: `os.environ`)."""
     return Config.from_env(environ)
+
+
+# ---------------------------------------------------------------------------------------------
+# EMC segment screening (token_compressor/screening). Kept in its own block: read by
+# `screening_from_env()`, independent of `Config` above.
+#
+# | variable            | accepted                                        | default |
+# |---------------------|-------------------------------------------------|---------|
+# | `EMC_SCREENER`      | `none`, `llm` or `self`                         | `none`  |
+# | `EMC_BASE_URL`      | an http(s) URL of an OpenAI-compatible API      | `OPENAI_BASE_URL`, else `https://api.openai.com/v1` |
+# | `EMC_MODEL`         | the planner model name (required for `llm`)     | unset   |
+# | `EMC_CAPTION_MODEL` | the caption model name                          | `EMC_MODEL` |
+# | `EMC_CAPTION_BASE_URL` | an http(s) URL for the caption model         | the planner's base URL |
+# | `EMC_CACHE_DIR`     | a directory (created when needed)               | `~/.cache/token_compressor/emc` |
+# | `EMC_TIMEOUT_S`     | a number of seconds > 0                         | `60`    |
+# | `EMC_MAX_RETRIES`   | an integer in [0, 10]                           | `2`     |
+# | `OPENAI_API_KEY`    | the API key, sent as a bearer token, never logged | unset (no header) |
+# ---------------------------------------------------------------------------------------------
+
+from dataclasses import field as _field  # noqa: E402  (kept inside this block to ease merges)
+
+SCREENERS = ("none", "llm", "self")
+DEFAULT_EMC_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_EMC_CACHE_DIR = os.path.join("~", ".cache", "token_compressor", "emc")
+DEFAULT_EMC_TIMEOUT_S = 60.0
+DEFAULT_EMC_MAX_RETRIES = 2
+
+
+def parse_screener(value: Optional[str], source: str = "EMC_SCREENER") -> str:
+    if value is None or str(value).strip() == "":
+        return "none"
+    name = str(value).strip().lower()
+    if name not in SCREENERS:
+        raise ConfigError(f"{source}={value!r} is not a screener; expected one of: {', '.join(SCREENERS)}")
+    return name
+
+
+def parse_base_url(value: str, source: str = "EMC_BASE_URL") -> str:
+    url = str(value).strip()
+    if not (url.startswith("http://") or url.startswith("https://")) or len(url) <= len("https://"):
+        raise ConfigError(f"{source}={value!r} is not a URL; expected an http:// or https:// URL, "
+                          "e.g. http://localhost:8000/v1")
+    return url.rstrip("/")
+
+
+def parse_timeout(value, source: str = "EMC_TIMEOUT_S") -> float:
+    shown = value.strip() if isinstance(value, str) else value
+    try:
+        seconds = float(shown)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}={shown!r} is not a number; expected a number of seconds > 0") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{source}={shown!r} is out of range; expected a number of seconds > 0")
+    return seconds
+
+
+def parse_max_retries(value, source: str = "EMC_MAX_RETRIES") -> int:
+    shown = value.strip() if isinstance(value, str) else value
+    try:
+        retries = int(shown)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}={shown!r} is not an integer; expected an integer in [0, 10]") from None
+    if not 0 <= retries <= 10:
+        raise ConfigError(f"{source}={shown!r} is out of range; expected an integer in [0, 10]")
+    return retries
+
+
+@dataclass(frozen=True)
+class ScreeningConfig:
+    """The validated EMC screening configuration. `screener == "none"` keeps every video whole."""
+
+    screener: str = "none"
+    base_url: str = DEFAULT_EMC_BASE_URL
+    model: Optional[str] = None
+    caption_model: Optional[str] = None
+    caption_base_url: Optional[str] = None  # None: the planner's base_url
+    cache_dir: str = os.path.abspath(os.path.expanduser(DEFAULT_EMC_CACHE_DIR))
+    timeout_s: float = DEFAULT_EMC_TIMEOUT_S
+    max_retries: int = DEFAULT_EMC_MAX_RETRIES
+    api_key: Optional[str] = _field(default=None, repr=False, compare=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.screener != "none"
+
+    def cache_identity(self) -> dict:
+        """What a screening result depends on, for cache keys (never the API key)."""
+        return {"screener": self.screener, "base_url": self.base_url, "model": self.model,
+                "caption_model": self.caption_model, "caption_base_url": self.caption_base_url or self.base_url}
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "ScreeningConfig":
+        env = os.environ if environ is None else environ
+
+        def text(name):
+            value = env.get(name)
+            return None if value is None or value.strip() == "" else value.strip()
+
+        screener = parse_screener(env.get("EMC_SCREENER"))
+        if text("EMC_BASE_URL") is not None:
+            base_url = parse_base_url(text("EMC_BASE_URL"), "EMC_BASE_URL")
+        elif text("OPENAI_BASE_URL") is not None:
+            base_url = parse_base_url(text("OPENAI_BASE_URL"), "OPENAI_BASE_URL")
+        else:
+            base_url = DEFAULT_EMC_BASE_URL
+        model = text("EMC_MODEL")
+        if screener == "llm" and model is None:
+            raise ConfigError(f"EMC_MODEL={env.get('EMC_MODEL')!r} is not set; EMC_SCREENER='llm' needs "
+                              "the planner model name, e.g. EMC_MODEL=gpt-4o")
+        caption_model = text("EMC_CAPTION_MODEL") or model
+        caption_base_url = (parse_base_url(text("EMC_CAPTION_BASE_URL"), "EMC_CAPTION_BASE_URL")
+                            if text("EMC_CAPTION_BASE_URL") else None)
+        cache_dir = os.path.abspath(os.path.expanduser(text("EMC_CACHE_DIR") or DEFAULT_EMC_CACHE_DIR))
+        timeout = parse_timeout(env["EMC_TIMEOUT_S"]) if text("EMC_TIMEOUT_S") else DEFAULT_EMC_TIMEOUT_S
+        retries = parse_max_retries(env["EMC_MAX_RETRIES"]) if text("EMC_MAX_RETRIES") else DEFAULT_EMC_MAX_RETRIES
+        return cls(screener=screener, base_url=base_url, model=model, caption_model=caption_model,
+                   caption_base_url=caption_base_url, cache_dir=cache_dir, timeout_s=timeout, max_retries=retries,
+                   api_key=text("OPENAI_API_KEY"))
+
+
+def screening_from_env(environ: Optional[Mapping[str, str]] = None) -> ScreeningConfig:
+    """Read and validate the EMC screening variables from `environ` (default: `os.environ`)."""
+    return ScreeningConfig.from_env(environ)

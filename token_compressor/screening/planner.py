@@ -1,0 +1,272 @@
+"""ReSimplifyIt-simple: one planner LLM in a growing conversation whose only tool is "caption the
+frame at second t" (EMC note, `/work/shared/notes/emc.md`).
+
+`plan()` is independent of where the two functions come from:
+
+    chat_fn(messages: list[dict]) -> str    OpenAI-style messages in, assistant text out
+    caption_fn(second: int) -> str          a caption of the frame shown at that second
+
+so the `llm` screener backs them with an OpenAI-compatible server and a `self` screener can back
+them with the loaded Qwen-VL model.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+from .segments import normalize_segments
+
+MAX_UNPARSABLE_IN_A_ROW = 10
+MAX_MESSAGES = 100
+MAX_EXCEPTIONS = 5
+NUM_INITIAL_CAPTIONS = 20
+CAPTION_PROMPT = "Describe this image in detail. Include subtitle if present."
+
+STATUSES = ("succeeded", "failed", "max_turns_exceeded", "no_screening_possible")
+
+SYSTEM_PROMPT = """You help a video question-answering model. It will be shown a video and a question.
+Your job: choose the SHORTEST sub-clip(s) of the video that still let it answer, and rewrite the
+question so that answering the rewritten question while watching ONLY your sub-clip(s) gives the
+same answer as answering the original question while watching the whole video. The model will
+believe your clip IS the whole video, so remove time qualifiers that your cut already resolves.
+
+Example: for "what did the person do after putting down the dog", keep the video from about the
+moment the dog is put down until the end, and ask "what did the person do in this video". If the
+person then prepares food, "they prepared food" answers both questions.
+
+You cannot see the video. You can ask for a caption of the frame at any second. Reply with exactly
+one JSON object and nothing else, either
+  {"decision": "tool", "parameter": <second>}
+to get the caption of the frame at that second (e.g. {"decision": "tool", "parameter": 12}), or,
+when you are confident,
+  {"decision": "end", "timestamps": [[start, end], ...], "revised_question": "<question>"}
+with start and end in seconds of the original video, e.g.
+  {"decision": "end", "timestamps": [[1.4, 4.8]], "revised_question": "what did the person do in this video"}
+
+Captions of frames at a few seconds, to give you an overview: {captions}
+The video runs at {fps} frames per second and lasts {duration} seconds."""
+
+USER_PROMPT = 'Let us begin. The original question is "{question}".'
+REPAIR_PROMPT = ('I could not read your reply. Reply with exactly one JSON object: either '
+                 '{"decision": "tool", "parameter": <second>} or '
+                 '{"decision": "end", "timestamps": [[start, end], ...], "revised_question": "..."}.')
+
+
+@dataclass
+class PlanOutcome:
+    segments: List[tuple]           # normalised, seconds of the original video
+    question: str
+    status: str
+    reason: Optional[str] = None    # why the whole video was kept, when it was
+    trace: List[dict] = field(default_factory=list)
+
+
+def initial_seconds(duration: float, count: int = NUM_INITIAL_CAPTIONS) -> List[int]:
+    """`count` integer seconds spread uniformly over [0, floor(duration) - 1] (fewer when the
+    video is shorter than `count` seconds)."""
+    last = max(0, int(math.floor(duration)) - 1)
+    if last + 1 <= count:
+        return list(range(last + 1))
+    return sorted({int(round(k * last / (count - 1))) for k in range(count)})
+
+
+# --- reply parsing ------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+
+
+def _balanced_objects(text: str):
+    """Substrings of `text` that are brace-balanced `{...}` (quote-aware), outermost first."""
+    for start in [i for i, c in enumerate(text) if c == "{"][:64]:
+        depth, quote, esc = 0, None, False
+        for j in range(start, len(text)):
+            c = text[j]
+            if quote:
+                if esc:
+                    esc = False
+                elif c == "\\":
+                    esc = True
+                elif c == quote:
+                    quote = None
+            elif c in "\"'":
+                quote = c
+            elif c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    yield text[start:j + 1]
+                    break
+
+
+def _loads_lenient(blob: str):
+    try:
+        return json.loads(blob)
+    except ValueError:
+        pass
+    pythonish = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", blob)))
+    try:
+        return ast.literal_eval(pythonish)
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        return None
+
+
+def _number(x) -> Optional[float]:
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, (list, tuple)) and len(x) == 1:
+        x = x[0]
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _validate(obj) -> Optional[dict]:
+    if not isinstance(obj, dict):
+        return None
+    decision = str(obj.get("decision", "")).strip().lower()
+    if decision == "tool":
+        second = _number(obj.get("parameter"))
+        if second is None or second < 0:
+            return None
+        return {"decision": "tool", "parameter": second}
+    if decision == "end":
+        stamps = obj.get("timestamps")
+        if not isinstance(stamps, (list, tuple)):
+            return None
+        if len(stamps) == 2 and all(_number(v) is not None and not isinstance(v, (list, tuple)) for v in stamps):
+            stamps = [stamps]  # a single flat pair
+        pairs = []
+        for pair in stamps:
+            if isinstance(pair, (list, tuple)) and len(pair) == 2:
+                s, e = _number(pair[0]), _number(pair[1])
+                if s is not None and e is not None:
+                    pairs.append((s, e))
+        question = obj.get("revised_question")
+        if isinstance(question, (list, tuple)):
+            question = next((q for q in question if isinstance(q, str)), None)
+        if question is not None and not isinstance(question, str):
+            question = str(question)
+        return {"decision": "end", "timestamps": pairs, "revised_question": question}
+    return None
+
+
+def parse_reply(text: str) -> Optional[dict]:
+    """The planner's decision in `text`, or None when there is none.
+
+    Finds JSON anywhere in the reply: inside code fences or 【...】, with trailing or leading
+    prose, with single quotes or Python literals. Returns `{"decision": "tool", "parameter": float}`
+    or `{"decision": "end", "timestamps": [(s, e), ...], "revised_question": str | None}`; when a
+    reply holds several decisions, the last valid one wins.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text.replace("【", " ").replace("】", " ")]
+    found = None
+    for chunk in candidates:
+        for blob in _balanced_objects(chunk):
+            decision = _validate(_loads_lenient(blob))
+            if decision is not None:
+                found = decision
+        if found is not None:
+            return found
+    return None
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+def _full(duration, question, status, reason, trace) -> PlanOutcome:
+    return PlanOutcome([(0.0, float(duration))], question, status, reason, trace)
+
+
+def plan(question: str, duration: float, fps: float, chat_fn: Callable[[List[dict]], str],
+         caption_fn: Callable[[int], str], *, max_unparsable: int = MAX_UNPARSABLE_IN_A_ROW,
+         max_messages: int = MAX_MESSAGES, max_exceptions: int = MAX_EXCEPTIONS) -> PlanOutcome:
+    """Run ReSimplifyIt-simple. Never raises for a failing `chat_fn`/`caption_fn`: after
+    `MAX_EXCEPTIONS` exceptions (or one that says it is not retryable) the outcome is the whole
+    video with the original question and status `failed`; `MAX_UNPARSABLE_IN_A_ROW` unparsable
+    replies give the whole video with status `failed`; more than `MAX_MESSAGES` messages give the
+    whole video with status `max_turns_exceeded`; an end decision with no usable segment gives the
+    whole video and the original question with status `no_screening_possible`. The three limits
+    default to the note's 10 / 100 / 5."""
+    trace: List[dict] = []
+    exceptions = 0
+    last_second = max(0, int(math.floor(duration)))
+
+    def note_exception(kind, e, **extra) -> Optional[PlanOutcome]:
+        nonlocal exceptions
+        exceptions += 1
+        trace.append({"call": kind, "ok": False, "error": f"{type(e).__name__}: {e}"[:500], **extra})
+        if not getattr(e, "retryable", True):
+            return _full(duration, question, "failed", f"{kind} failed and cannot be retried: {e}", trace)
+        if exceptions >= max_exceptions:
+            return _full(duration, question, "failed", f"{max_exceptions} exceptions; last: {e}", trace)
+        return None
+
+    def caption(second: int):
+        t0 = time.perf_counter()
+        try:
+            text = caption_fn(second)
+        except Exception as e:
+            return None, note_exception("caption", e, second=second)
+        trace.append({"call": "caption", "ok": True, "second": second, "ms": round(1000 * (time.perf_counter() - t0), 1)})
+        return str(text), None
+
+    overview = {}
+    for second in initial_seconds(duration):
+        text, stop = caption(second)
+        if stop:
+            return stop
+        overview[str(second)] = text if text is not None else "(caption unavailable)"
+
+    system = (SYSTEM_PROMPT.replace("{captions}", json.dumps(overview, ensure_ascii=False))
+              .replace("{fps}", f"{fps:.2f}").replace("{duration}", str(int(math.floor(duration)))))
+    messages = [{"role": "system", "content": system},
+                {"role": "user", "content": USER_PROMPT.replace("{question}", question)}]
+    unparsable = 0
+    while True:
+        if len(messages) > max_messages:
+            return _full(duration, question, "max_turns_exceeded", f"more than {max_messages} messages", trace)
+        t0 = time.perf_counter()
+        try:
+            reply = chat_fn(list(messages))
+        except Exception as e:
+            stop = note_exception("chat", e)
+            if stop:
+                return stop
+            continue
+        decision = parse_reply(reply)
+        trace.append({"call": "chat", "ok": True, "ms": round(1000 * (time.perf_counter() - t0), 1),
+                      "decision": decision["decision"] if decision else None,
+                      **({} if decision else {"reply": str(reply)[:300]})})
+        messages.append({"role": "assistant", "content": str(reply)})
+        if decision is None:
+            unparsable += 1
+            if unparsable >= max_unparsable:
+                return _full(duration, question, "failed", f"{max_unparsable} unparsable replies in a row", trace)
+            messages.append({"role": "user", "content": REPAIR_PROMPT})
+            continue
+        unparsable = 0
+        if decision["decision"] == "tool":
+            second = min(last_second, max(0, int(round(decision["parameter"]))))
+            text, stop = caption(second)
+            if stop:
+                return stop
+            content = (f"Caption of the frame at second {second}: {text}" if text is not None
+                       else f"The caption of the frame at second {second} is unavailable; try another second or decide.")
+            messages.append({"role": "user", "content": content})
+            continue
+        # end: clamp each pair to [0, duration], drop s > e (and empty ones), merge; whole video if none
+        revised = (decision["revised_question"] or "").strip() or question
+        kept = [(s, e) for s, e in decision["timestamps"] if s <= e]
+        usable = [(min(max(s, 0.0), duration), min(max(e, 0.0), duration)) for s, e in kept]
+        if not any(e > s for s, e in usable):
+            return _full(duration, question, "no_screening_possible", "the planner kept no usable segment", trace)
+        return PlanOutcome(normalize_segments(usable, duration), revised, "succeeded", None, trace)

@@ -1,0 +1,52 @@
+"""Replacing the question text of a prompt while leaving appended multiple-choice options alone.
+
+EMC's screener sees only the question; the options (and any post-prompt such as "Answer with the
+option's letter") are appended to the rewritten question unchanged.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional, Tuple
+
+# an option line: "A. text", "A) text", "(A) text", "A: text", "A text" is NOT one (too ambiguous)
+_OPTION_LINE = re.compile(r"^[ \t]*(?:\([A-Za-z]\)|[A-Za-z][.):])[ \t]*\S")
+
+
+def split_options(prompt: str) -> Tuple[str, str]:
+    """Split `prompt` into `(stem, rest)` where `rest` starts at the first line that opens a run of
+    at least two multiple-choice option lines ("A. ...", "(B) ...", "C) ...", "D: ..."), including
+    its leading newline(s). Without such a run, `rest` is "" and `stem` is the whole prompt.
+    `stem + rest == prompt` always.
+    """
+    lines = prompt.splitlines(keepends=True)
+    pos = 0
+    for i, line in enumerate(lines):
+        if i > 0 and _OPTION_LINE.match(line) and i + 1 < len(lines) and _OPTION_LINE.match(lines[i + 1]):
+            stem = prompt[:pos]
+            cut = len(stem.rstrip("\r\n"))  # newline(s) before the options stay with the options
+            return prompt[:cut], prompt[cut:]
+        pos += len(line)
+    return prompt, ""
+
+
+def replace_question(prompt: str, new_question: str, original_question: Optional[str] = None) -> str:
+    """Return `prompt` with its question replaced by `new_question`; options untouched.
+
+    - With `original_question` found verbatim in `prompt`, exactly one occurrence is replaced (the
+      last one before the options), and everything before it (a pre-prompt) and after it stays
+      byte-identical.
+    - Otherwise the stem before the multiple-choice options (see `split_options`) is replaced.
+    - `new_question` None or blank, or equal to the original, returns `prompt` unchanged.
+    """
+    if new_question is None or not str(new_question).strip():
+        return prompt
+    new_question = str(new_question).strip()
+    stem, rest = split_options(prompt)
+    if original_question:
+        # the last occurrence before the options: a pre-prompt may repeat words of the question
+        at = stem.rfind(original_question)
+        if at < 0:
+            at = prompt.find(original_question)
+        if at >= 0:
+            return prompt[:at] + new_question + prompt[at + len(original_question):]
+    return new_question + rest
