@@ -103,7 +103,9 @@ def _norms_frame_sums_kernel(
                     mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
         w = tl.load(w_ptr + cols, mask=col_ok, other=0.0)
         sq += tl.sum(x * x * w[None, :], axis=1)
-    inv = 1.0 / tl.maximum(tl.sqrt(sq), eps)
+    # IEEE-rounded sqrt and division, as torch computes them: on the GPU `tl.sqrt` and `/` are
+    # approximations, and every score depends on this factor.
+    inv = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq), eps))
     tl.store(sq_ptr + rows, sq, mask=row_ok)
     tl.store(inv_ptr + rows, inv, mask=row_ok)
     inv = tl.where(row_ok, inv, 0.0)
@@ -238,6 +240,16 @@ def vidcom2_scores_triton(features: torch.Tensor, tiles: Optional[Tiles] = None)
     tiles = tiles or default_tiles(T, N, D, dev)
     _check_tiles(tiles)
 
+    if dev.type == "cuda":  # Triton launches on the current device, which may not be x's
+        with torch.cuda.device(dev):
+            return _scores(x, T, N, D, tiles)
+    return _scores(x, T, N, D, tiles)
+
+
+def _scores(x: torch.Tensor, T: int, N: int, D: int, tiles: Tiles) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The three passes on `x` `[T*N, D]` (unit column stride) -> fp32 `[T, N]` twice. Host-side
+    work is on `[D]`- and `[T, D]`-sized tensors only, with no synchronisation."""
+    dev = x.device
     var = channel_variance_triton(x, tiles)
     w = torch.zeros(D, dtype=torch.float32, device=dev)
     w[torch.topk(var, int(D * 0.5), largest=False).indices] = 1.0
