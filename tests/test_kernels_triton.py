@@ -36,6 +36,17 @@ def test_interpreted_kernels():
     assert summary and int(summary.group(1)) == 65 and "skipped" not in out, out[-3000:]
 
 
+def test_kernels_compile_for_sm90():
+    """`triton_compile_check.py` compiles every kernel for sm_90a to a cubin (no GPU needed) and
+    checks the IEEE intrinsics and that nothing spills."""
+    env = dict(os.environ, PYTHONPATH=str(TESTS.parent))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, str(TESTS / "triton_compile_check.py")],
+                          cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert proc.stdout.count("0 bytes spill stores") == 3, proc.stdout
+
+
 @pytest.fixture
 def no_triton_env(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
