@@ -14,7 +14,7 @@ device's peak: 1.0 would be the bandwidth bound, 0.5 is "within 2x". Peak: a tab
 on CUDA (HBM peak from the vendor's datasheet), else measured in the same run as the read
 bandwidth of a 256 MiB `sum` (CPU), reported with the device.
 
-    python -m benchmarks.kernels [--frames 16 32 64 --tokens 256 --dim 3584 --repeats 5 --device cuda]
+    python -m benchmarks.kernels [--frames 16 32 64 --tokens 256 --dim 3584 --repeats 5 --device cuda --threads 1]
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def device_peak(device: torch.device) -> tuple:
         return name, 2 * src.numel() * 2 / (t / 1e3), "measured: 256 MiB copy, read + write"
     src = torch.ones(2**26, dtype=torch.float32)  # 256 MiB, far beyond any cache
     t = interleaved_best({"sum": lambda: src.sum()}, repeats=10)["sum"]
-    return f"CPU, {torch.get_num_threads()} threads", src.numel() * 4 / (t / 1e3), "measured: 256 MiB fp32 sum, read"
+    return f"CPU, {torch.get_num_threads()} thread(s)", src.numel() * 4 / (t / 1e3), "measured: 256 MiB fp32 sum, read"
 
 
 def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: int = 5, device=None) -> dict:
@@ -127,8 +127,12 @@ def main(argv=None) -> None:
     p.add_argument("--ratio", type=float, default=0.25)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", help="default: cuda when available, else cpu")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a "
+                   "machine shared with other jobs, 1 avoids OpenMP oversubscription stalls")
     p.add_argument("--json", help="also write the result to this file")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     result = run(a.frames, a.tokens, a.dim, a.ratio, a.repeats, a.device)
     print_table(result)
