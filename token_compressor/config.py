@@ -8,6 +8,9 @@
 
 `Config.from_env()` returns one immutable, validated `Config`; a bad value raises `ConfigError`
 naming the variable, the value and what is accepted.
+
+`TRITON_INTERPRET` is Triton's own variable (`1`: kernels run on CPU tensors in its interpreter);
+it is read here only to decide whether the Triton backend may score CPU tensors.
 """
 from __future__ import annotations
 
@@ -65,6 +68,20 @@ def parse_kernels(value: Optional[str], source: str = "TOKEN_COMPRESSOR_KERNELS"
             f"{source}={value!r} is not a kernel backend; expected one of: {', '.join(KERNEL_BACKENDS)}"
         )
     return name
+
+
+def kernel_backend_from_env(environ: Optional[Mapping[str, str]] = None) -> str:
+    """The scoring backend asked for by `TOKEN_COMPRESSOR_KERNELS`: `auto` (default), `triton`
+    or `torch`. Read on every call, so the kernel dispatch follows the current environment."""
+    env = os.environ if environ is None else environ
+    return parse_kernels(env.get("TOKEN_COMPRESSOR_KERNELS"))
+
+
+def triton_interpret_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """True when `TRITON_INTERPRET` is set to a true value, as Triton itself reads it
+    (`1`, `y`, `yes`, `on`, `true`, any case)."""
+    env = os.environ if environ is None else environ
+    return str(env.get("TRITON_INTERPRET", "")).strip().lower() in ("1", "y", "yes", "on", "true")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 `token-compressor bench` runs the same code as `make bench` (`python -m benchmarks` in a checkout).
 
     select_bench   selection speed and exactness: `select` vs a straightforward VidCom²
+    kernels        scoring kernels: Triton (GPU) / torch / loop formulation, bandwidth vs peak
     prefill        end to end: a realistic-width random Qwen2.5-VL, prefill full vs compressed
     retention      which share of a planted event each compressor keeps (raw pixel features)
     timing         interleaved best-of timing shared by the benchmarks
@@ -14,10 +15,13 @@ MAKE_BENCH_ARGS = ["--repeats", "15"]
 
 def main(argv=None, with_prefill: bool = True) -> None:
     """`make bench` / `token-compressor bench`: the selection benchmark (`argv`: its arguments),
-    then the end-to-end prefill benchmark (about a minute on 2 CPU cores)."""
-    from . import prefill, select_bench
+    then (unless `with_prefill=False`) the kernel benchmark and the end-to-end prefill benchmark
+    (together about two minutes on 2 CPU cores)."""
+    from . import kernels, prefill, select_bench
 
     select_bench.main(list(MAKE_BENCH_ARGS) if argv is None else argv)
     if with_prefill:
+        print()
+        kernels.main(["--repeats", "3"])
         print()
         prefill.main([])

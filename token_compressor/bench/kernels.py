@@ -1,0 +1,148 @@
+"""Scoring-kernel benchmark: the Triton path, the torch path and the per-frame-loop formulation.
+
+Each path computes one video's VidCom² keep mask from bf16 features `[T, N, D]`:
+  - `triton`: `vidcom2(..., backend="triton")` (CUDA only): three Triton passes + vectorised top-k
+  - `torch`: `vidcom2(..., backend="torch")`: the blocked torch path + the same top-k
+  - `loop`: `compressors.reference.vidcom2_reference` in bf16, the authors' formulation
+    (materialised gather, normalised features, difference tensors, a top-k loop over frames)
+Interleaved runs, best of `--repeats` (`token_compressor/bench/timing.py`).
+
+Bandwidth. The scores need three dependent passes over the input (channel variances -> kept
+channels -> row norms and frame centres -> dots with the centres), so the memory-bound time is
+`3 * T*N*D*2 bytes / peak`. `GB/s` below is `3 * input bytes / time` and `of peak` its ratio to the
+device's peak: 1.0 would be the bandwidth bound, 0.5 is "within 2x". Peak: a table by device name
+on CUDA (HBM peak from the vendor's datasheet), else measured in the same run as the read
+bandwidth of a 256 MiB `sum` (CPU), reported with the device.
+
+    python -m benchmarks.kernels [--frames 16 32 64 --tokens 256 --dim 3584 --repeats 5 --device cuda --threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from token_compressor.compressors.reference import vidcom2_reference
+from token_compressor.compressors.vidcom2 import vidcom2
+from token_compressor.kernels import triton_import_error
+
+from .select_bench import synthetic_video
+from .timing import interleaved_best
+
+PASSES = 3
+# Datasheet HBM bandwidth, bytes/s, matched by substring of torch.cuda.get_device_name().
+# Order matters: the more specific names first.
+PEAK_BANDWIDTH = (
+    ("H200", 4.8e12),
+    ("H100 NVL", 3.9e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100", 3.35e12),  # SXM
+    ("GH200", 4.0e12),
+    ("B200", 8.0e12),
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),  # 40 GB
+    ("L40S", 0.864e12),
+    ("L4", 0.3e12),
+    ("A10G", 0.6e12),
+    ("A10", 0.6e12),
+    ("V100", 0.9e12),
+    ("RTX 4090", 1.008e12),
+    ("RTX 3090", 0.936e12),
+)
+
+
+def device_peak(device: torch.device) -> tuple:
+    """(name, peak bytes/s, how the peak was obtained)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in PEAK_BANDWIDTH:
+            if key in name:
+                return name, peak, "datasheet"
+        src = torch.empty(2**28 // 2, dtype=torch.bfloat16, device=device)
+        dst = torch.empty_like(src)
+        t = interleaved_best({"copy": lambda: dst.copy_(src)}, repeats=10, device=device)["copy"]
+        return name, 2 * src.numel() * 2 / (t / 1e3), "measured: 256 MiB copy, read + write"
+    src = torch.ones(2**26, dtype=torch.float32)  # 256 MiB, far beyond any cache
+    t = interleaved_best({"sum": lambda: src.sum()}, repeats=10)["sum"]
+    return f"CPU, {torch.get_num_threads()} thread(s)", src.numel() * 4 / (t / 1e3), "measured: 256 MiB fp32 sum, read"
+
+
+def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: int = 5, device=None) -> dict:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name, peak, how = device_peak(device)
+    use_triton = device.type == "cuda" and triton_import_error() is None
+    rows = []
+    for T in frames:
+        x = synthetic_video(T, N, D).to(torch.bfloat16).to(device).view(T, N, D)
+        fns = {}
+        if use_triton:
+            fns["triton"] = lambda: vidcom2(x, ratio, backend="triton")
+        fns["torch"] = lambda: vidcom2(x, ratio, backend="torch")
+        fns["loop"] = lambda: vidcom2_reference(x, ratio, compute_dtype=torch.bfloat16)
+        row = {"T": T, "N": N, "D": D, "dtype": "bfloat16", "input_MB": round(x.numel() * 2 / 1e6, 1)}
+        if use_triton:  # both fp32 scorers must choose the same tokens on this input
+            row["triton_selects_as_torch"] = bool(torch.equal(fns["triton"](), fns["torch"]()))
+        times = interleaved_best(fns, repeats=repeats, device=device)
+        for path, ms in times.items():
+            row[f"{path}_ms"] = round(ms, 3)
+        for path in ("triton", "torch"):
+            if path in times:
+                bw = PASSES * x.numel() * 2 / (times[path] / 1e3)
+                row[f"{path}_GBps"] = round(bw / 1e9, 1)
+                row[f"{path}_of_peak"] = round(bw / peak, 3)
+                row[f"loop_over_{path}"] = round(times["loop"] / times[path], 1)
+        rows.append(row)
+    return {"device": name, "peak_GBps": round(peak / 1e9, 1), "peak_source": how,
+            "torch": torch.__version__, "rows": rows}
+
+
+def print_table(result: dict) -> None:
+    print(f"VidCom² keep mask from bf16 features, device: {result['device']}, "
+          f"peak {result['peak_GBps']} GB/s ({result['peak_source']}), torch {result['torch']}")
+    print(f"GB/s = {PASSES} passes x input bytes / time; 'of peak' = GB/s / peak (1.0 = bandwidth bound)")
+    paths = [p for p in ("triton", "torch") if f"{p}_ms" in result["rows"][0]]
+    head = f"{'T':>4}{'input MB':>10}"
+    for p in paths:
+        head += f"{p + ' ms':>12}{'GB/s':>8}{'of peak':>9}"
+    head += f"{'loop ms':>10}" + "".join(f"{'loop/' + p:>13}" for p in paths)
+    print(head)
+    for r in result["rows"]:
+        line = f"{r['T']:>4}{r['input_MB']:>10}"
+        for p in paths:
+            line += f"{r[p + '_ms']:>12.3f}{r[p + '_GBps']:>8.1f}{r[p + '_of_peak']:>9.3f}"
+        line += f"{r['loop_ms']:>10.2f}" + "".join(f"{r['loop_over_' + p]:>12.1f}x" for p in paths)
+        if "triton_selects_as_torch" in r:
+            line += f"  same selection: {r['triton_selects_as_torch']}"
+        print(line)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--dim", type=int, default=3584)
+    p.add_argument("--ratio", type=float, default=0.25)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", help="default: cuda when available, else cpu")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a "
+                   "machine shared with other jobs, 1 avoids OpenMP oversubscription stalls")
+    p.add_argument("--json", help="also write the result to this file")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    result = run(a.frames, a.tokens, a.dim, a.ratio, a.repeats, a.device)
+    print_table(result)
+    print(f"({time.perf_counter() - t0:.1f} s)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if not all(r.get("triton_selects_as_torch", True) for r in result["rows"]):
+        raise SystemExit("the Triton and torch paths selected different tokens")
+
+
+if __name__ == "__main__":
+    main()
