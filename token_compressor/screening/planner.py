@@ -1,5 +1,5 @@
 """ReSimplifyIt-simple: one planner LLM in a growing conversation whose only tool is "caption the
-frame at second t" (EMC note, `/work/shared/notes/emc.md`).
+frame at second t" (the EMC note in the project's shared notes, `emc.md`).
 
 `plan()` is independent of where the two functions come from:
 
