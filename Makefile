@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: bench test venv clean
 
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[test,eval,viz,screening]"
