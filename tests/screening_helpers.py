@@ -141,15 +141,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def _bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+from tiny_checkpoint import _bytes_to_unicode  # noqa: E402  (one byte-level alphabet for all test tokenizers)
 
 
 def tiny_qwen2_vl_with_processor(seed: int = 0):
