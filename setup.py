@@ -66,6 +66,9 @@ setup(
     },
     entry_points={
         "console_scripts": ["token-compressor=token_compressor.cli:main"],
+        # lmms-eval (>= 0.6) calls this once per process before building any model; it registers
+        # no model ids, it patches the transformers Qwen-VL classes from COMPRESSOR / R_RATIO.
+        "lmms_eval.models": ["token_compressor=token_compressor.runtime:lmms_eval_plugin"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -5,6 +5,7 @@
 | `COMPRESSOR`              | a registered compressor name, or `none`    | unset (off) |
 | `R_RATIO`                 | a number in (0, 1]                         | 0.25    |
 | `TOKEN_COMPRESSOR_KERNELS`| `auto`, `triton` or `torch`                | `auto`  |
+| `TOKEN_COMPRESSOR_REPORT` | `1`/`on`/`true` or `0`/`off`/`false`       | `1` (the run report of lmms-eval runs and the launcher) |
 
 `Config.from_env()` returns one immutable, validated `Config`; a bad value raises `ConfigError`
 naming the variable, the value and what is accepted.
@@ -82,6 +83,29 @@ def triton_interpret_from_env(environ: Optional[Mapping[str, str]] = None) -> bo
     (`1`, `y`, `yes`, `on`, `true`, any case)."""
     env = os.environ if environ is None else environ
     return str(env.get("TRITON_INTERPRET", "")).strip().lower() in ("1", "y", "yes", "on", "true")
+
+
+_TRUE = ("1", "on", "true", "yes")
+_FALSE = ("0", "off", "false", "no")
+
+
+def parse_switch(value, source: str, default: bool) -> bool:
+    """An on/off variable: `1`/`on`/`true`/`yes` or `0`/`off`/`false`/`no` (any case)."""
+    if value is None or str(value).strip() == "":
+        return default
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{source}={value!r} is not a switch; expected one of: {', '.join(_TRUE + _FALSE)}")
+
+
+def report_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether lmms-eval runs and the launcher measure and print the run report
+    (`TOKEN_COMPRESSOR_REPORT`, default on)."""
+    env = os.environ if environ is None else environ
+    return parse_switch(env.get("TOKEN_COMPRESSOR_REPORT"), "TOKEN_COMPRESSOR_REPORT", True)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ a file that is not a video) raise `VideoError`, a `ValueError` with one line nam
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -74,6 +74,29 @@ def read_frames(
     except (av.error.FFmpegError, ValueError, IndexError, OSError) as e:
         raise VideoError(f"cannot read video {path}: {_reason(e)}") from None
     return np.stack(frames), uniform_indices(total, max_frames), total
+
+
+def read_frames_at(path: str, indices: Sequence[int]) -> np.ndarray:
+    """Decode the frames numbered `indices` (any order, repeats allowed) of the video at `path`.
+
+    Returns: uint8 `[len(indices), H, W, 3]` RGB, in the order of `indices`.
+    Raises: VideoError when the file cannot be read or an index is past the last frame.
+    """
+    check_video_path(path)
+    if len(indices) == 0:
+        raise ValueError("read_frames_at needs at least one frame index")
+    av = _import_av()
+    wanted = np.unique(np.asarray(indices, dtype=np.int64))
+    if wanted[0] < 0:
+        raise ValueError(f"frame indices must be >= 0, got {int(wanted[0])}")
+    try:
+        frames, decoded = _decode_at(av, path, wanted, 0, None)
+    except (av.error.FFmpegError, ValueError, IndexError, OSError) as e:
+        raise VideoError(f"cannot read video {path}: {_reason(e)}") from None
+    if len(frames) < len(wanted):
+        raise VideoError(f"cannot read video {path}: frame {int(wanted[len(frames)])} asked, {decoded} decodable")
+    by_index = dict(zip(wanted.tolist(), frames))
+    return np.stack([by_index[int(i)] for i in indices])
 
 
 def _header_frame_count(av, path: str) -> int:

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .. import report
 from .pruning import PrefillStats, Settings, compress_prefill
 
 logger = logging.getLogger("token_compressor")
@@ -96,33 +97,56 @@ def make_forward(original, family):
     return forward
 
 
+def _generate(self, original, family, inputs, args, kwargs):
+    """One generate call, compressed when the settings ask for it and the prompt has visual
+    input. Returns (output, PrefillStats or None when nothing was compressed)."""
+    settings = settings_of(self)
+    if not settings.enabled or not _has_visual_input(kwargs, settings):
+        return original(self, inputs, *args, **kwargs), None
+    if args:
+        raise ValueError("token_compressor: pass generate()'s arguments after `inputs` by keyword")
+    if inputs is not None:
+        if kwargs.get("input_ids") is not None:
+            raise ValueError("generate() got both `inputs` and `input_ids`")
+        kwargs["input_ids"] = inputs
+    if not _is_prefill(kwargs):
+        raise ValueError(
+            "token_compressor cannot compress a prompt continued from a filled past_key_values; "
+            "pass the whole prompt, or revert the patch for this call"
+        )
+    original_ids = kwargs["input_ids"]
+    new_kwargs, stats = compress_prefill(self, family, settings, kwargs)
+    _record(self, stats)
+    compressed_len = new_kwargs["input_ids"].shape[1]
+    with _Guard():
+        out = original(self, **new_kwargs)
+    # Callers trim the prompt with the length of the ids they passed: return the original
+    # prompt followed by the new tokens, as an uncompressed run would.
+    if isinstance(out, torch.Tensor):
+        return torch.cat([original_ids.to(out.device), out[:, compressed_len:]], dim=1), stats
+    out.sequences = torch.cat([original_ids.to(out.sequences.device), out.sequences[:, compressed_len:]], dim=1)
+    return out, stats
+
+
 def make_generate(original, family):
     @functools.wraps(original)
     def generate(self, inputs: Optional[torch.Tensor] = None, *args, **kwargs):
-        settings = settings_of(self)
-        if _inside() or not settings.enabled or not _has_visual_input(kwargs, settings):
+        if _inside():
             return original(self, inputs, *args, **kwargs)
-        if args:
-            raise ValueError("token_compressor: pass generate()'s arguments after `inputs` by keyword")
-        if inputs is not None:
-            if kwargs.get("input_ids") is not None:
-                raise ValueError("generate() got both `inputs` and `input_ids`")
-            kwargs["input_ids"] = inputs
-        if not _is_prefill(kwargs):
-            raise ValueError(
-                "token_compressor cannot compress a prompt continued from a filled past_key_values; "
-                "pass the whole prompt, or revert the patch for this call"
-            )
-        original_ids = kwargs["input_ids"]
-        new_kwargs = _compress(self, family, kwargs)
-        compressed_len = new_kwargs["input_ids"].shape[1]
-        with _Guard():
-            out = original(self, **new_kwargs)
-        # Callers trim the prompt with the length of the ids they passed: return the original
-        # prompt followed by the new tokens, as an uncompressed run would.
-        if isinstance(out, torch.Tensor):
-            return torch.cat([original_ids.to(out.device), out[:, compressed_len:]], dim=1)
-        out.sequences = torch.cat([original_ids.to(out.sequences.device), out.sequences[:, compressed_len:]], dim=1)
+        if not report.RECORDER.recording():
+            return _generate(self, original, family, inputs, args, kwargs)[0]
+        # the run report (lmms-eval, the launcher, `token-compressor run`): time and count
+        path = report.eval_path_of_caller()
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        samples = int(ids.shape[0]) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else 0
+        call = report.RECORDER.begin(self)
+        out, stats = _generate(self, original, family, inputs, args, kwargs)
+        if stats is not None:
+            before, after, method = stats.before, stats.after, stats.method
+        else:
+            before = after = report.visual_token_count(self, ids, settings_of(self).compress_images)
+            method = None
+        report.RECORDER.end(call, model=self, path=path, samples=samples, before=before, after=after, method=method)
         return out
 
     setattr(generate, ATTR_WRAPPED, original)

@@ -5,15 +5,18 @@ and the question to ask about them.
     result.segments, result.question, result.status, result.kept_ratio, result.to_emc()
     frame_timestamps("video.mp4", result, 16)      # where to sample the usual frame budget
     replace_question(prompt, result.question, original_question)   # options stay untouched
+    screen_messages(messages)                       # qwen-vl-utils messages, screened in place
     screening_stats()                               # counters for a run report
 
 Layout: `segments` (C1 arithmetic, pure), `questions` (prompt surgery, pure), `planner`
 (ReSimplifyIt-simple over a chat and a caption function), `openai_client`, `video`, `cache`,
-`screeners` (none / llm / generic), `api` (screen, counters, frame sampling).
+`screeners` (none / llm / generic), `api` (screen, counters, frame sampling), `inject` (in front
+of the model: messages and the processor hook).
 """
 from .api import (STATS, ScreeningStats, ScreenResult, frame_indices, frame_timestamps, reset_screening_stats,
                   screen, screening_stats)
 from .cache import ScreeningCache
+from .inject import install_processor_hook, screen_messages, uninstall_processor_hook
 from .planner import STATUSES, PlanOutcome, parse_reply, plan
 from .questions import replace_question, split_options
 from .screeners import NoneScreener, PlannerScreener, llm_screener, make_screener
@@ -24,7 +27,7 @@ from .video import VideoError, VideoInfo, fingerprint, probe
 
 __all__ = [
     "STATS", "STATUSES", "NoneScreener", "PlanOutcome", "PlannerScreener", "ScreenResult", "ScreeningCache",
-    "ScreeningStats", "VideoError", "VideoInfo", "fingerprint", "frame_indices", "frame_timestamps",
+    "ScreeningStats", "VideoError", "install_processor_hook", "screen_messages", "uninstall_processor_hook", "VideoInfo", "fingerprint", "frame_indices", "frame_timestamps",
     "kept_duration", "kept_ratio", "llm_screener", "make_screener", "merge_intervals", "normalize_segments",
     "original_to_virtual", "overlap_scores", "parse_reply", "plan", "probe", "replace_question",
     "reset_screening_stats", "sample_timestamps", "screen", "screening_stats", "self_screener", "split_options",

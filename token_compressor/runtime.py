@@ -1,0 +1,176 @@
+"""Turning token-compressor on for a whole program run, from the environment alone.
+
+Two ways in, one code path (`install`):
+- lmms-eval's entry point (group `lmms_eval.models`, see setup.py): `lmms_eval_plugin` is called
+  once per process when lmms-eval imports its model registry, before any model is built;
+- the launcher, `python -m token_compressor.launch -m lmms_eval ...`, for other programs and
+  for lmms-eval versions without entry points.
+
+`install` validates every variable first (COMPRESSOR, R_RATIO, TOKEN_COMPRESSOR_KERNELS,
+TOKEN_COMPRESSOR_REPORT, EMC_*), then patches the Qwen-VL classes (compressing when `COMPRESSOR`
+is set; measuring only otherwise, which is bitwise the unpatched model), installs EMC screening in
+front of the model when `EMC_SCREENER` is set, and registers the run report printed at exit.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Optional
+
+from . import report
+from .config import ConfigError, from_env, report_from_env, screening_from_env
+
+logger = logging.getLogger("token_compressor")
+
+_LOCK = threading.Lock()
+_STATE = {"installed": False, "config": None, "screening": None, "since": None, "finalized": False}
+
+
+def installed() -> bool:
+    return _STATE["installed"]
+
+
+def install(source: str) -> None:
+    """Validate the environment configuration and turn compression, screening and the run
+    report on for this process. Idempotent (a second call, e.g. the entry point under the
+    launcher, does nothing). Raises `ConfigError` on an invalid variable, `RuntimeError` on an
+    unsupported transformers."""
+    with _LOCK:
+        if _STATE["installed"]:
+            return
+        cfg = from_env()
+        screening = screening_from_env()
+        want_report = report_from_env()
+
+        from .api import apply_from_env
+        from .models import FAMILIES, check_transformers_version
+        from .models import patching
+        from .models.pruning import Settings
+
+        if cfg.enabled:
+            apply_from_env()
+        elif want_report or screening.enabled:
+            # measure only: the wrappers call the original untouched (tested bitwise equal)
+            check_transformers_version()
+            for family in FAMILIES.values():
+                cls = family.model_class()
+                if not patching.is_class_patched(cls):
+                    patching.patch_class(cls, family, Settings())
+        if screening.enabled:
+            from .screening.inject import install_processor_hook
+
+            install_processor_hook(screening)
+        if want_report:
+            report.RECORDER.active = True
+            atexit.register(finalize)
+        _STATE.update(installed=True, config=cfg, screening=screening, since=time.time())
+        logger.info("token_compressor (%s): compressor=%s ratio=%s screener=%s report=%s", source,
+                    cfg.compressor or "off", cfg.ratio if cfg.enabled else "-", screening.screener, want_report)
+
+
+def uninstall() -> None:
+    """Undo `install` in this process: class patches reverted, screening hook removed, the
+    report deactivated and reset (it will not print at exit)."""
+    with _LOCK:
+        if not _STATE["installed"]:
+            return
+        from .api import revert
+        from .screening.inject import uninstall_processor_hook
+
+        revert()
+        uninstall_processor_hook()
+        report.RECORDER.active = False
+        report.RECORDER.reset()
+        atexit.unregister(finalize)
+        _STATE.update(installed=False, config=None, screening=None, since=None, finalized=False)
+
+
+def _asked_for_work(environ=None) -> bool:
+    env = os.environ if environ is None else environ
+    return any(str(env.get(k, "")).strip() not in ("", "none") for k in ("COMPRESSOR", "EMC_SCREENER"))
+
+
+def lmms_eval_plugin():
+    """The `lmms_eval.models` entry point: registers no models (returns []).
+
+    lmms-eval calls every entry point inside one try/except and carries on without the later
+    ones when one raises, so this never lets an exception out. When the configuration is invalid,
+    or compression/screening was asked for and cannot be installed, it prints one line and exits
+    the process with status 2 (`SystemExit`, which lmms-eval does not catch) before any model is
+    built: running uncompressed when compression was asked for would be silent and wrong."""
+    try:
+        install("lmms-eval")
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        if isinstance(e, ConfigError) or _asked_for_work():
+            sys.stderr.write(f"token_compressor: {e} (stopping the run before the first sample)\n")
+            sys.stderr.flush()
+            raise SystemExit(2)
+        logger.warning("token_compressor: run report not installed: %s", e)
+    return []
+
+
+def _rank() -> int:
+    import torch
+
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def build_report(gathered) -> dict:
+    """The merged report of the gathered per-rank summaries, with versions."""
+    import transformers
+
+    from . import __version__
+
+    merged = report.merge(gathered)
+    merged["token_compressor_version"] = __version__
+    merged["transformers_version"] = transformers.__version__
+    return merged
+
+
+def finalize(argv=None, out=None) -> Optional[dict]:
+    """Print the run report on rank 0 (merged over ranks) and write its JSON next to lmms-eval's
+    results when `--output_path` was given. Registered with `atexit` by `install`; runs once.
+    Returns the merged report on rank 0, else None."""
+    if _STATE["finalized"] or not report.RECORDER.active:
+        return None
+    _STATE["finalized"] = True
+    cfg = _STATE["config"]
+    screening_cfg = _STATE["screening"]
+    screening = None
+    if screening_cfg is not None and screening_cfg.enabled:
+        from .screening.api import screening_stats
+
+        screening = {**screening_stats(), "screener": screening_cfg.screener}
+    summary = report.RECORDER.summary(compressor=cfg.compressor if cfg else None,
+                                      ratio=cfg.ratio if cfg and cfg.enabled else None,
+                                      rank=_rank(), screening=screening)
+    try:
+        gathered = report.gather_to_rank0(summary)
+    except Exception as e:  # noqa: BLE001 - a broken process group must not hide this rank's figures
+        logger.warning("token_compressor: could not gather the run report over ranks (%s); this rank's only", e)
+        gathered = [summary]
+    if gathered is None:
+        return None
+    merged = build_report(gathered)
+    out = sys.stdout if out is None else out
+    print(report.format_table(merged), file=out)
+    if cfg is not None and cfg.enabled and merged["samples"] and merged["compressed_samples"] == 0:
+        print(f"token_compressor: WARNING: COMPRESSOR={cfg.compressor} was set but no generate call had "
+              "video to compress", file=out)
+    if cfg is not None and cfg.enabled and merged["generate_calls"] == 0:
+        print(f"token_compressor: WARNING: COMPRESSOR={cfg.compressor} was set but no Qwen-VL model "
+              "generated anything in this run", file=out)
+    output_path = report.output_path_from_argv(sys.argv if argv is None else argv)
+    if output_path:
+        path = report.report_file(output_path, _STATE["since"] or 0.0)
+        report.write_json(path, merged)
+        print(f"token_compressor: run report written to {path}", file=out)
+    out.flush()
+    return merged
