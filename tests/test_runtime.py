@@ -1,0 +1,252 @@
+"""The entry point, the launcher and the run report, in process and as small subprocesses."""
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import token_compressor as tc
+from token_compressor import report, runtime
+from token_compressor.models import FAMILIES
+from token_compressor.models.patching import is_class_patched, settings_of
+from tiny_models import VIDEO, collate, make_sample, tiny_model
+
+ENV_KEYS = ("COMPRESSOR", "R_RATIO", "TOKEN_COMPRESSOR_REPORT", "TOKEN_COMPRESSOR_KERNELS", "EMC_SCREENER")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch):
+    for k in ENV_KEYS:
+        monkeypatch.delenv(k, raising=False)
+    runtime.uninstall()
+    yield
+    runtime.uninstall()
+    tc.revert()
+
+
+def batch_for(family):
+    return collate([make_sample(family, [(4, 4, 4)], seed=1), make_sample(family, [(2, 4, 4)], seed=2)])
+
+
+# -- the entry point ---------------------------------------------------------------------------
+
+def test_plugin_patches_from_the_environment_and_registers_no_model(monkeypatch):
+    monkeypatch.setenv("COMPRESSOR", "vidcom2")
+    monkeypatch.setenv("R_RATIO", "0.5")
+    assert runtime.lmms_eval_plugin() == []
+    for family in FAMILIES.values():
+        cls = family.model_class()
+        assert is_class_patched(cls)
+        model_settings = settings_of(cls.__new__(cls))
+        assert (model_settings.method, model_settings.ratio) == ("vidcom2", 0.5)
+    assert report.RECORDER.active
+    assert runtime.lmms_eval_plugin() == [] and runtime.installed()  # a second call changes nothing
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"COMPRESSOR": "vidcom2", "R_RATIO": "abc"}, "R_RATIO='abc' is not a number"),
+    ({"COMPRESSOR": "vidcomm2"}, "COMPRESSOR='vidcomm2' is not a known compressor"),
+    ({"TOKEN_COMPRESSOR_REPORT": "maybe"}, "TOKEN_COMPRESSOR_REPORT='maybe' is not a switch"),
+    ({"EMC_SCREENER": "llm"}, "EMC_MODEL=None is not set"),
+])
+def test_plugin_stops_the_process_on_a_bad_configuration(monkeypatch, capsys, env, message):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as info:
+        runtime.lmms_eval_plugin()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "stopping the run before the first sample" in err and err.count("\n") == 1
+    assert not runtime.installed() and not is_class_patched(FAMILIES["qwen2_vl"].model_class())
+
+
+def test_plugin_never_raises_when_nothing_was_asked(monkeypatch, caplog):
+    def broken():
+        raise RuntimeError("token_compressor supports transformers >=5.0,<6; found 4.57.0")
+
+    monkeypatch.setattr("token_compressor.models.check_transformers_version", broken)
+    assert runtime.lmms_eval_plugin() == []  # measuring only: a warning, lmms-eval carries on
+    assert "run report not installed" in caplog.text and not runtime.installed()
+    monkeypatch.setenv("COMPRESSOR", "vidcom2")  # asked for compression: the same failure stops the run
+    monkeypatch.setattr("token_compressor.api.check_transformers_version", broken)
+    with pytest.raises(SystemExit):
+        runtime.lmms_eval_plugin()
+
+
+def test_report_off_and_no_compressor_patches_nothing(monkeypatch):
+    monkeypatch.setenv("TOKEN_COMPRESSOR_REPORT", "off")
+    assert runtime.lmms_eval_plugin() == []
+    assert not any(is_class_patched(f.model_class()) for f in FAMILIES.values())
+    assert not report.RECORDER.active
+
+
+# -- what the recorder measures ----------------------------------------------------------------
+
+def test_measuring_only_is_bitwise_the_unpatched_model_and_counts_video_tokens():
+    model = tiny_model("qwen2_5_vl")
+    batch = batch_for("qwen2_5_vl")
+    expected = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    runtime.install("test")  # no COMPRESSOR: measure only
+    out = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, expected)
+    s = report.RECORDER.summary(compressor=None, ratio=None)
+    video_tokens = int((batch["input_ids"] == VIDEO).sum())
+    assert video_tokens == 4 * 4 * 4 // 4 + 2 * 4 * 4 // 4
+    assert (s["samples"], s["generate_calls"], s["compressed_samples"]) == (2, 1, 0)
+    assert s["visual_tokens_before"] == s["visual_tokens_after"] == video_tokens
+    assert s["eval_paths"] == {"python": 2} and s["model_types"] == {"qwen2_5_vl": 2}
+    assert s["LLM_time_s"] > 0 and s["Peak_mem_MB"] is None
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_compressed_calls_are_recorded_as_last_stats_says(monkeypatch, family):
+    monkeypatch.setenv("COMPRESSOR", "vidcom2")
+    runtime.install("test")
+    model = tiny_model(family)
+    for seed in (1, 2):
+        model.generate(**collate([make_sample(family, [(4, 4, 4)], seed=seed)]), max_new_tokens=2, do_sample=False)
+    stats = tc.last_stats(model)
+    s = report.RECORDER.summary(compressor="vidcom2", ratio=0.25)
+    assert s["samples"] == s["compressed_samples"] == 2 and s["generate_calls"] == 2
+    assert s["visual_tokens_before"] == 2 * stats["visual_tokens_before"] == 2 * 16
+    assert s["visual_tokens_after"] < s["visual_tokens_before"]
+    with report.RECORDER.suspended():  # e.g. the `self` screener's own calls
+        model.generate(**collate([make_sample(family, [(4, 4, 4)], seed=3)]), max_new_tokens=2, do_sample=False)
+    assert report.RECORDER.summary(compressor="vidcom2", ratio=0.25)["generate_calls"] == 2
+
+
+# -- merging, the table, the file --------------------------------------------------------------
+
+def rank_summary(rank, before, after, llm, total, peak, scr=None):
+    return {"rank": rank, "compressor": "vidcom2", "ratio": 0.25, "samples": 3, "generate_calls": 3,
+            "compressed_samples": 3, "visual_tokens_before": before, "visual_tokens_after": after,
+            "LLM_time_s": llm, "Total_time_s": total, "Peak_mem_MB": peak, "eval_paths": {"chat": 3},
+            "model_types": {"qwen3_vl": 3}, "screening": scr}
+
+
+def test_merge_sums_counts_and_takes_the_slowest_rank():
+    scr = lambda n, kept: {"samples": n, "screened": n - 1, "fallen_back": 1, "cached": 0,  # noqa: E731
+                           "by_status": {"succeeded": n - 1, "failed": 1}, "kept_ratio_sum": kept,
+                           "kept_ratio_mean": kept / n, "screener": "llm"}
+    merged = report.merge([rank_summary(0, 1000, 250, 4.0, 10.0, 900.0, scr(3, 2.0)),
+                           rank_summary(1, 600, 160, 3.0, 12.5, 1200.5, scr(2, 1.5))])
+    assert (merged["samples"], merged["visual_tokens_before"], merged["visual_tokens_after"]) == (6, 1600, 410)
+    assert merged["achieved_ratio"] == pytest.approx(410 / 1600)
+    assert merged["LLM_time_s"] == 7.0 and merged["Total_time_s"] == 12.5 and merged["Peak_mem_MB"] == 1200.5
+    assert merged["world_size"] == 2 and merged["eval_path"] == "chat" and merged["model_types"] == ["qwen3_vl"]
+    assert merged["screening"]["samples"] == 5 and merged["screening"]["fallen_back"] == 2
+    assert merged["screening"]["kept_ratio_mean"] == pytest.approx(3.5 / 5)
+    table = report.format_table(merged)
+    lines = table.splitlines()
+    assert lines[0] == "token-compressor run report" and len({len(line) for line in lines[1:]}) == 1
+    for label, value in [("visual tokens after", "410"), ("achieved ratio", "0.2562"), ("Peak_mem_MB", "1200.5"),
+                         ("fallen back", "2"), ("ranks", "2")]:
+        assert any(line.startswith(f"| {label} ") and f"| {value} " in line for line in lines), label
+
+
+def test_report_goes_next_to_lmms_eval_results(tmp_path):
+    assert report.output_path_from_argv(["x", "--output_path", "a/b"]) == "a/b"
+    assert report.output_path_from_argv(["x", "--output_path=c"]) == "c"
+    assert report.output_path_from_argv(["x", "--model", "m"]) is None
+    assert report.report_file(str(tmp_path), 0.0) == str(tmp_path / "token_compressor_report.json")
+    results = tmp_path / "model__x" / "20261121_101010_results.json"
+    results.parent.mkdir()
+    results.write_text("{}")
+    assert report.report_file(str(tmp_path), 0.0) == str(tmp_path / "model__x" / "20261121_101010_token_compressor.json")
+    # a results file older than the run is not this run's
+    assert report.report_file(str(tmp_path), os.path.getmtime(results) + 60).endswith("token_compressor_report.json")
+
+
+def test_finalize_prints_and_writes_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("COMPRESSOR", "uniform")
+    runtime.install("test")
+    model = tiny_model("qwen2_vl")
+    model.generate(**collate([make_sample("qwen2_vl", [(4, 4, 4)], seed=1)]), max_new_tokens=2, do_sample=False)
+    out = io.StringIO()
+    merged = runtime.finalize(argv=["prog", "--output_path", str(tmp_path)], out=out)
+    assert merged["compressor"] == "uniform" and merged["samples"] == 1
+    written = json.loads((tmp_path / "token_compressor_report.json").read_text())
+    assert written["visual_tokens_after"] == merged["visual_tokens_after"] == 4
+    assert written["token_compressor_version"] == tc.__version__
+    assert "token-compressor run report" in out.getvalue() and "written to" in out.getvalue()
+    assert runtime.finalize(out=io.StringIO()) is None  # once
+
+
+def test_finalize_warns_when_compression_was_asked_but_nothing_generated(monkeypatch):
+    monkeypatch.setenv("COMPRESSOR", "vidcom2")
+    runtime.install("test")
+    out = io.StringIO()
+    runtime.finalize(argv=["prog"], out=out)
+    assert "COMPRESSOR=vidcom2 was set but no Qwen-VL model generated anything" in out.getvalue()
+
+
+GATHER_SCRIPT = textwrap.dedent("""
+    import os, sys, torch
+    sys.path.insert(0, {tests!r})
+    torch.distributed.init_process_group("gloo")
+    from token_compressor import report, runtime
+    from tiny_models import collate, make_sample, tiny_model
+    os.environ["COMPRESSOR"] = "vidcom2"
+    runtime.install("test")
+    rank = torch.distributed.get_rank()
+    model = tiny_model("qwen2_vl")
+    for seed in range(rank + 1):  # rank 0: one sample, rank 1: two
+        model.generate(**collate([make_sample("qwen2_vl", [(4, 4, 4)], seed=seed)]), max_new_tokens=2, do_sample=False)
+""")
+
+
+def test_report_is_merged_over_ranks_on_rank_0(tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(GATHER_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--standalone", str(script), "--output_path", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("token-compressor run report") == 1  # rank 0 only
+    merged = json.loads((tmp_path / "out" / "token_compressor_report.json").read_text())
+    assert merged["world_size"] == 2 and merged["samples"] == 3
+    assert sorted(r["samples"] for r in merged["per_rank"]) == [1, 2]
+    assert merged["visual_tokens_before"] == 3 * 16
+
+
+# -- the launcher ------------------------------------------------------------------------------
+
+def launch(args, tmp_path, **env):
+    full = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    full.update(env, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "token_compressor.launch", *args], env=full, cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+
+
+def test_launcher_runs_a_script_with_its_arguments_patched(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from transformers import Qwen3VLForConditionalGeneration as C
+        from token_compressor.models.patching import settings_of
+        s = settings_of(C.__new__(C))
+        print("ARGV", sys.argv[1:], "NAME", __name__, "SETTINGS", s.method, s.ratio)
+    """))
+    proc = launch([str(script), "--flag", "x y"], tmp_path, COMPRESSOR="evs", R_RATIO="0.3")
+    assert proc.returncode == 0, proc.stderr
+    assert "ARGV ['--flag', 'x y'] NAME __main__ SETTINGS evs 0.3" in proc.stdout
+    assert "token-compressor run report" in proc.stdout  # printed at exit, with 0 samples
+    assert "no Qwen-VL model generated anything" in proc.stdout
+
+
+def test_launcher_errors_are_one_line_with_status_2(tmp_path):
+    bad = launch(["-m", "json.tool", "--help"], tmp_path, COMPRESSOR="vidcom2", R_RATIO="2")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert bad.stderr.startswith("token_compressor.launch: R_RATIO='2' is out of range")
+    missing = launch(["no-such-program-xyz"], tmp_path)
+    assert missing.returncode == 2 and "is not a file or a program on PATH" in missing.stderr
+    usage = launch([], tmp_path)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage:")
