@@ -13,6 +13,7 @@ from typing import List, Optional
 # modules with `register(subparsers)`; each adds one or more subcommands
 COMMAND_MODULES = [
     "token_compressor.commands.info",
+    "token_compressor.commands.run",
     "token_compressor.commands.bench",
     "token_compressor.commands.visualize",
     "token_compressor.commands.screen",

@@ -1,16 +1,19 @@
 """`token-compressor visualize`: the sampled frames with the kept tokens highlighted.
 
     token-compressor visualize --video clip.mp4 --features pixels -o kept.png [--compressor vidcom2 --ratio 0.25]
+    token-compressor visualize --model PATH --video clip.mp4 -o kept.png      (the model's own tokens)
 
 Three separate steps: a feature source turns the video into `VisualTokens` (features `[T*N, D]`,
 grid `(T, H, W)`, one picture per temporal patch; `viz.FEATURE_SOURCES`), `select`
-chooses, `viz.draw.draw_kept` draws. `--features pixels` needs no weights.
+chooses, `viz.draw.draw_kept` draws. `--features pixels` needs no weights; `--model PATH` encodes
+the frames with the checkpoint's vision tower (`--features model`).
 """
 from __future__ import annotations
 
 import os
 
-from ._common import check_compressor, check_output, check_positive_int, check_ratio, progress, require
+from ._common import (check_compressor, check_output, check_positive_int, check_ratio, command_error, progress,
+                      require)
 
 
 def legend_lines(tokens, sel, video: str) -> list:
@@ -34,8 +37,17 @@ def run(args) -> int:
         check_positive_int(args.max_pixels, "--max-pixels", minimum=28 * 28)
     check_output(args.output)
     require("PIL", "av")
+    features = args.features or ("model" if args.model else "pixels")
+    options = {}
+    if features == "model":
+        if not args.model:
+            raise command_error("--features model needs --model PATH (a Qwen-VL model folder or hub id)")
+        options = {"model": args.model, "device": args.device}
+    elif args.model:
+        raise command_error(f"--model is used with --features model, not --features {features}")
 
-    tokens = feature_source(args.features)(args.video, args.max_frames, max_pixels=args.max_pixels, progress=progress)
+    tokens = feature_source(features)(args.video, args.max_frames, max_pixels=args.max_pixels, progress=progress,
+                                      **options)
     T, H, W = tokens.grid
     sel = select(tokens.features, T, ratio, method)
 
@@ -63,8 +75,12 @@ def register(sub) -> None:
     p = sub.add_parser("visualize", help="draw the sampled frames with the kept tokens highlighted",
                        description=__doc__.splitlines()[0])
     p.add_argument("--video", required=True, help="video file")
-    p.add_argument("--features", choices=sorted(FEATURE_SOURCES), default="pixels",
-                   help="where the token features come from (pixels: raw patch pixels, no weights needed)")
+    p.add_argument("--model", default=None, metavar="PATH_OR_ID",
+                   help="a Qwen-VL model folder or hub id: draw the model's own visual tokens")
+    p.add_argument("--features", choices=sorted(FEATURE_SOURCES), default=None,
+                   help="where the token features come from (pixels: raw patch pixels, no weights needed; "
+                        "model: the --model's vision tower). Default: model with --model, else pixels")
+    p.add_argument("--device", default="auto", help="with --model: auto (default), cpu, cuda or cuda:N")
     p.add_argument("-o", "--output", default="kept.png", metavar="PNG", help="image to write (default kept.png)")
     p.add_argument("--compressor", default="vidcom2", help="a registered compressor (default vidcom2)")
     p.add_argument("--ratio", default="0.25", help="retention ratio in (0, 1] (default 0.25)")

@@ -110,6 +110,6 @@ def make_screener(config: ScreeningConfig, cache: Optional[ScreeningCache] = Non
         return llm_screener(config, cache)
     raise ConfigError(
         f"EMC_SCREENER={config.screener!r} needs the loaded Qwen-VL model: build it with "
-        "token_compressor.screening.self_screener(model, processor) and pass it to screen(); "
-        "from the environment alone, expected one of: none, llm"
+        "token_compressor.screening.self_screener(model, processor) and pass it to screen() "
+        "(lmms-eval, the launcher and `token-compressor run` find the model themselves)"
     )

@@ -13,6 +13,8 @@ from typing import Callable
 # Named by string so that listing the sources (for the command line's --help) imports no torch.
 FEATURE_SOURCES = {
     "pixels": "token_compressor.viz.features:pixels_source",
+    # options: model= a Qwen-VL folder or hub id, device=
+    "model": "token_compressor.viz.model_features:model_source",
 }
 
 
