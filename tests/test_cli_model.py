@@ -14,7 +14,6 @@ from tiny_checkpoint import make_mp4, save_checkpoint
 from token_compressor import cli
 from token_compressor.viz import draw
 
-pytest.importorskip("qwen_vl_utils")
 BEFORE = {"qwen2_5_vl": 64, "qwen3_vl": 36}
 GRID = {"qwen2_5_vl": (4, 4, 4), "qwen3_vl": (4, 3, 3)}
 SMALL = ["--max-frames", "8", "--max-pixels", "12544"]

@@ -19,7 +19,6 @@ import pytest
 import lmms_eval_harness as H
 from screening_helpers import FakeOpenAI, reply
 
-pytest.importorskip("lmms_eval")  # the `eval` extra; installed by `make test`
 
 BEFORE = {"qwen2_vl": 128, "qwen2_5_vl": 128, "qwen3_vl": 72}
 ROUNDING = 0.5 * 4 * 2
