@@ -85,6 +85,14 @@ def test_fallback_leaves_the_messages_as_they_were(video, tmp_path, monkeypatch)
     assert torch.equal(a, b)
 
 
+def test_the_none_screener_leaves_the_messages_as_they_were(video):
+    messages = messages_for(video)
+    original = copy.deepcopy(messages)
+    (result,) = screen_messages(messages, "none")
+    assert result.status == "succeeded" and result.kept_ratio == 1.0
+    assert messages[0]["content"][0].pop(inject.MARK) == "succeeded" and messages == original
+
+
 def test_messages_that_are_not_one_local_video_and_a_question_are_left_alone(tmp_path):
     cfg = ScreeningConfig(screener="llm", model="p", cache_dir=str(tmp_path))
     for content in ([{"type": "video", "video": "https://example.com/v.mp4"}, {"type": "text", "text": "q"}],

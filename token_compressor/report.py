@@ -1,7 +1,7 @@
 """The run report: what compression (and EMC screening) saved over a whole run.
 
 The patched `generate` of every Qwen-VL class calls `RECORDER.measure(...)` when the recorder is
-active (lmms-eval runs through the entry point, the launcher, `token-compressor run`). Per call it
+active (lmms-eval runs through the entry point, and the launcher). Per call it
 records the batch size, the visual tokens before and after compression, the time spent in
 `model.generate` and the peak CUDA memory. The figures follow the VidCom² authors' definitions:
 
@@ -41,7 +41,7 @@ REPORT_SUFFIX = "_token_compressor.json"
 
 def eval_path_of_caller(max_depth: int = 60) -> str:
     """Which code called `generate`: `chat` or `simple` (an lmms-eval Qwen wrapper of that kind),
-    `cli` (`token-compressor run`), else `python`."""
+    else `python`."""
     frame = sys._getframe(1)
     for _ in range(max_depth):
         if frame is None:
@@ -51,8 +51,6 @@ def eval_path_of_caller(max_depth: int = 60) -> str:
             return "chat"
         if name.startswith("lmms_eval.models.simple."):
             return "simple"
-        if name == "token_compressor.commands.run":
-            return "cli"
         frame = frame.f_back
     return "python"
 

@@ -135,7 +135,7 @@ def make_generate(original, family):
             return original(self, inputs, *args, **kwargs)
         if not report.RECORDER.recording():
             return _generate(self, original, family, inputs, args, kwargs)[0]
-        # the run report (lmms-eval, the launcher, `token-compressor run`): time and count
+        # the run report (lmms-eval through the entry point, the launcher): time and count
         path = report.eval_path_of_caller()
         ids = inputs if inputs is not None else kwargs.get("input_ids")
         samples = int(ids.shape[0]) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else 0

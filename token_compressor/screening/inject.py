@@ -5,8 +5,8 @@ on success the question text is replaced (multiple-choice options untouched) and
 becomes the list of frames sampled uniformly over the CONCATENATED kept segments, with the same
 frame budget as without screening (`nframes` of the item, else qwen-vl-utils' fps rule over the
 whole video). qwen-vl-utils reads such a frame list as a video whose timeline is the kept one
-(`sample_fps` = frames / kept seconds). On any fallback the item and the text stay exactly as
-they were, so the model sees what it would have seen without screening.
+(`sample_fps` = frames / kept seconds). On any fallback (and when the whole video is kept) the
+item stays exactly as it was, so the model sees what it would have seen without screening.
 
 `install_processor_hook(config)` runs `screen_messages` inside `apply_chat_template` of the Qwen-VL
 processor classes: every pipeline that templates its messages before `process_vision_info` (all
@@ -105,8 +105,11 @@ def screen_messages(messages, screener=None, *, config: Optional[ScreeningConfig
             stem, _ = split_options(text)
             result = screen(path, stem.strip() or text, screener, config=config)
             if not result.fell_back:
-                content[videos[0]] = _frames_item(item, path, result)
-                content[texts[-1]] = {**content[texts[-1]], "text": replace_question(text, result.question, stem.strip())}
+                if result.kept_ratio < 1.0:  # the whole video kept (e.g. the `none` screener): sample as usual
+                    content[videos[0]] = _frames_item(item, path, result)
+                if result.question != result.original_question:
+                    content[texts[-1]] = {**content[texts[-1]],
+                                          "text": replace_question(text, result.question, result.original_question)}
             content[videos[0]][MARK] = result.status
             results.append(result)
     return results

@@ -26,12 +26,12 @@ def model_source(video: str, max_frames: int, max_pixels: Optional[int] = None,
     from ..models.loading import load_pretrained
     from ..video import read_frames
 
+    frames, numbers, _ = read_frames(video, max_frames, progress=progress)  # a bad video fails before loading
     qwen, processor = loaded if loaded is not None else load_pretrained(model, device)
     vision = qwen.config.vision_config
     merge, temporal = int(vision.spatial_merge_size), int(vision.temporal_patch_size)
     cell = int(vision.patch_size) * merge
 
-    frames, numbers, _ = read_frames(video, max_frames, progress=progress)
     if len(frames) % temporal:  # pad with the last frame, as Qwen-VL's processors do
         pad = temporal - len(frames) % temporal
         frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
