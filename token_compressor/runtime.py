@@ -53,7 +53,7 @@ def install(source: str) -> None:
 
         if cfg.enabled:
             apply_from_env()
-        elif want_report or screening.enabled:
+        elif want_report:
             # measure only: the wrappers call the original untouched (tested bitwise equal)
             check_transformers_version()
             for family in FAMILIES.values():
