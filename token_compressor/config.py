@@ -28,18 +28,25 @@ class ConfigError(ValueError):
     """A configuration value (environment variable or argument) is invalid."""
 
 
+def _parse_number(value, source: str, convert, kind: str, expected: str, in_range, example: str = ""):
+    """`convert(value)` (strings stripped), checked with `in_range`; a ConfigError naming `source`,
+    the value and `expected` otherwise (`kind`: "a number" or "an integer")."""
+    shown = value.strip() if isinstance(value, str) else value
+    try:
+        number = convert(shown)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}={shown!r} is not {kind}; expected {expected}{example}") from None
+    if not in_range(number):
+        raise ConfigError(f"{source}={shown!r} is out of range; expected {expected}")
+    return number
+
+
 def parse_ratio(value, source: str = "ratio") -> float:
     """Validate a retention ratio: a finite number in (0, 1]. `source` names it in errors."""
     if isinstance(value, bool):
         raise ConfigError(f"{source}={value!r} is not a number; expected a number in (0, 1]")
-    shown = value.strip() if isinstance(value, str) else value
-    try:
-        ratio = float(shown)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}={shown!r} is not a number; expected a number in (0, 1], e.g. 0.25") from None
-    if not math.isfinite(ratio) or not 0.0 < ratio <= 1.0:
-        raise ConfigError(f"{source}={shown!r} is out of range; expected a number in (0, 1]")
-    return ratio
+    return _parse_number(value, source, float, "a number", "a number in (0, 1]",
+                         lambda r: math.isfinite(r) and 0.0 < r <= 1.0, ", e.g. 0.25")
 
 
 def parse_compressor(value: Optional[str], source: str = "method") -> Optional[str]:
@@ -182,25 +189,12 @@ def parse_base_url(value: str, source: str = "EMC_BASE_URL") -> str:
 
 
 def parse_timeout(value, source: str = "EMC_TIMEOUT_S") -> float:
-    shown = value.strip() if isinstance(value, str) else value
-    try:
-        seconds = float(shown)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}={shown!r} is not a number; expected a number of seconds > 0") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"{source}={shown!r} is out of range; expected a number of seconds > 0")
-    return seconds
+    return _parse_number(value, source, float, "a number", "a number of seconds > 0",
+                         lambda s: math.isfinite(s) and s > 0)
 
 
 def parse_max_retries(value, source: str = "EMC_MAX_RETRIES") -> int:
-    shown = value.strip() if isinstance(value, str) else value
-    try:
-        retries = int(shown)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}={shown!r} is not an integer; expected an integer in [0, 10]") from None
-    if not 0 <= retries <= 10:
-        raise ConfigError(f"{source}={shown!r} is out of range; expected an integer in [0, 10]")
-    return retries
+    return _parse_number(value, source, int, "an integer", "an integer in [0, 10]", lambda n: 0 <= n <= 10)
 
 
 @dataclass(frozen=True)
