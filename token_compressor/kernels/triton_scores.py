@@ -81,6 +81,17 @@ def _channel_stats_kernel(
 
 
 @triton.jit
+def _row_tile(x_ptr, rows, row_ok, stride_m, d0, D, BLOCK_D: tl.constexpr):
+    """The `[BLOCK_M, BLOCK_D]` tile of rows `rows` (int64) at channels `d0...`, upcast to fp32,
+    zero outside `row_ok` and `D`; with its channel indices and their mask."""
+    cols = d0 + tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    x = tl.load(x_ptr + rows[:, None] * stride_m + cols[None, :],
+                mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+    return x, cols, col_ok
+
+
+@triton.jit
 def _norms_frame_sums_kernel(
     x_ptr, w_ptr, sq_ptr, inv_ptr, part_ptr, N, D, stride_m, eps,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -97,10 +108,7 @@ def _norms_frame_sums_kernel(
     rows = (t * N + i).to(tl.int64)
     sq = tl.zeros([BLOCK_M], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        col_ok = cols < D
-        x = tl.load(x_ptr + rows[:, None] * stride_m + cols[None, :],
-                    mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        x, cols, col_ok = _row_tile(x_ptr, rows, row_ok, stride_m, d0, D, BLOCK_D)
         w = tl.load(w_ptr + cols, mask=col_ok, other=0.0)
         sq += tl.sum(x * x * w[None, :], axis=1)
     # IEEE-rounded sqrt and division, as torch computes them: on the GPU `tl.sqrt` and `/` are
@@ -112,10 +120,7 @@ def _norms_frame_sums_kernel(
     n_blocks = tl.num_programs(1)
     part_row = (t * n_blocks + j).to(tl.int64) * D
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        col_ok = cols < D
-        x = tl.load(x_ptr + rows[:, None] * stride_m + cols[None, :],
-                    mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        x, cols, col_ok = _row_tile(x_ptr, rows, row_ok, stride_m, d0, D, BLOCK_D)
         w = tl.load(w_ptr + cols, mask=col_ok, other=0.0)
         tl.store(part_ptr + part_row + cols, tl.sum(x * inv[:, None], axis=0) * w, mask=col_ok)
 
@@ -142,10 +147,7 @@ def _scores_kernel(
     dot_v = tl.zeros([BLOCK_M], dtype=tl.float32)
     dot_f = tl.zeros([BLOCK_M], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        col_ok = cols < D
-        x = tl.load(x_ptr + rows[:, None] * stride_m + cols[None, :],
-                    mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        x, cols, col_ok = _row_tile(x_ptr, rows, row_ok, stride_m, d0, D, BLOCK_D)
         g = tl.load(g_ptr + cols, mask=col_ok, other=0.0)
         gt = tl.load(gt_ptr + t.to(tl.int64) * D + cols, mask=col_ok, other=0.0)
         dot_v += tl.sum(x * g[None, :], axis=1)
