@@ -96,11 +96,6 @@ def clean_env(extra: Dict[str, str], tmp: Path) -> Dict[str, str]:
     return env
 
 
-def run(cmd: List[str], env: Dict[str, str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
 def read_report(output: Path) -> dict:
     """The run report JSON written next to lmms-eval's results under `output`."""
     found = glob.glob(str(output / "**" / "*_token_compressor.json"), recursive=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import logging
 import os
 import sys
@@ -300,12 +299,3 @@ def gather_to_rank0(summary: dict) -> Optional[List[dict]]:
     gathered: List[Optional[dict]] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, summary)
     return gathered if dist.get_rank() == 0 else None
-
-
-def write_json(path: str, report: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)

@@ -170,7 +170,9 @@ def finalize(argv=None, out=None) -> Optional[dict]:
     output_path = report.output_path_from_argv(sys.argv if argv is None else argv)
     if output_path:
         path = report.report_file(output_path, _STATE["since"] or 0.0)
-        report.write_json(path, merged)
+        from .screening.cache import atomic_write_json
+
+        atomic_write_json(path, merged)
         print(f"token_compressor: run report written to {path}", file=out)
     out.flush()
     return merged

@@ -18,6 +18,12 @@ def _looks_like_path(name: str) -> bool:
     return os.path.exists(name) or name.startswith((".", "/", "~")) or (os.sep in name and name.count("/") != 1)
 
 
+def _check_supported(name: str, model_type) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(f"{name} holds a {model_type!r} model; supported Qwen-VL models: "
+                             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
 def check_model_folder(name: str) -> Optional[str]:
     """For a local folder: its `model_type`, checked against the supported families. For a hub id
     (`org/name` that is not a local path): None, the hub decides."""
@@ -36,9 +42,7 @@ def check_model_folder(name: str) -> Optional[str]:
             model_type = json.load(f).get("model_type")
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{name}/config.json cannot be read: {e}") from None
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(f"{name} holds a {model_type!r} model; supported Qwen-VL models: "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    _check_supported(name, model_type)
     return model_type
 
 
@@ -73,8 +77,5 @@ def load_pretrained(name: str, device: str = "auto") -> Tuple[object, object]:
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"cannot load model {name}: {first}") from None
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(f"{name} holds a {model_type!r} model; supported Qwen-VL models: "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    _check_supported(name, getattr(model.config, "model_type", None))
     return model.to(device).eval(), processor

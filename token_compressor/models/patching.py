@@ -74,11 +74,11 @@ def _record(model, stats: PrefillStats) -> None:
     )
 
 
-def _compress(model, family, kwargs):
-    settings = settings_of(model)
+def _compress(model, family, settings: Settings, kwargs):
+    """Compressed prefill inputs and what was done (also recorded on the model)."""
     new_kwargs, stats = compress_prefill(model, family, settings, kwargs)
     _record(model, stats)
-    return new_kwargs
+    return new_kwargs, stats
 
 
 def make_forward(original, family):
@@ -89,7 +89,7 @@ def make_forward(original, family):
         settings = settings_of(self)
         if not settings.enabled or not _has_visual_input(kwargs, settings) or not _is_prefill(kwargs):
             return original(self, **kwargs)
-        new_kwargs = _compress(self, family, kwargs)
+        new_kwargs, _ = _compress(self, family, settings, kwargs)
         with _Guard():
             return original(self, **new_kwargs)
 
@@ -115,8 +115,7 @@ def _generate(self, original, family, inputs, args, kwargs):
             "pass the whole prompt, or revert the patch for this call"
         )
     original_ids = kwargs["input_ids"]
-    new_kwargs, stats = compress_prefill(self, family, settings, kwargs)
-    _record(self, stats)
+    new_kwargs, stats = _compress(self, family, settings, kwargs)
     compressed_len = new_kwargs["input_ids"].shape[1]
     with _Guard():
         out = original(self, **new_kwargs)

@@ -168,6 +168,10 @@ def frame_timestamps(video: str, result: Optional[ScreenResult], num_frames: int
 def frame_indices(video: str, result: Optional[ScreenResult], num_frames: int) -> List[int]:
     """`frame_timestamps` as frame indices (`floor(t * fps)`, within the stream), for readers
     such as decord that index frames. Short segments can repeat an index."""
-    info = probe(video)
+    return indices_for(probe(video), result, num_frames)
+
+
+def indices_for(info: VideoInfo, result: Optional[ScreenResult], num_frames: int) -> List[int]:
+    """`frame_indices` for a video already probed (`info`)."""
     segments = normalize_segments(result.segments if result is not None else [], info.duration)
     return [min(info.num_frames - 1, max(0, int(math.floor(t * info.fps)))) for t in sample_timestamps(segments, num_frames)]

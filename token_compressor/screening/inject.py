@@ -22,7 +22,7 @@ import threading
 from typing import Dict, List, Optional
 
 from ..config import ConfigError, ScreeningConfig, screening_from_env
-from .api import ScreenResult, frame_indices, screen
+from .api import ScreenResult, indices_for, screen
 from .cache import ScreeningCache
 from .questions import replace_question, split_options
 from .segments import kept_duration
@@ -69,7 +69,7 @@ def _frames_item(item: dict, path: str, result: ScreenResult) -> dict:
 
     info = probe(path)
     n = _frame_budget(item, info.num_frames, info.fps)
-    indices = frame_indices(path, result, n)
+    indices = indices_for(info, result, n)
     frames = [Image.fromarray(f) for f in read_frames_at(path, indices)]
     sample_fps = n / max(kept_duration(result.segments), 1e-6)
     new = {k: v for k, v in item.items() if k not in ("video", "nframes", "fps", "min_frames", "max_frames",

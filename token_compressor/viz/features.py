@@ -101,6 +101,16 @@ def pixel_patch_features(frames: np.ndarray, cell: int = CELL, temporal_patch: i
     return x.float().div_(255.0)
 
 
+def pad_frames(frames: np.ndarray, numbers: np.ndarray, multiple: int = TEMPORAL_PATCH):
+    """Pad frames (`[F, ...]`) and their frame numbers (`[F]`) to a multiple of `multiple` by
+    repeating the last one, as Qwen-VL's processors do."""
+    if len(frames) % multiple:
+        pad = multiple - len(frames) % multiple
+        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+        numbers = np.concatenate([numbers, np.repeat(numbers[-1:], pad)])
+    return frames, numbers
+
+
 def tokens_from_frames(frames: np.ndarray, frame_numbers: Optional[np.ndarray] = None,
                        max_pixels: int = DEFAULT_MAX_PIXELS) -> VisualTokens:
     """Decoded frames (uint8 `[F, h, w, 3]`) -> `VisualTokens` from raw pixels. An odd number of
@@ -109,10 +119,7 @@ def tokens_from_frames(frames: np.ndarray, frame_numbers: Optional[np.ndarray] =
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"frames must be uint8 [F, H, W, 3] with F >= 1, got {frames.dtype} {frames.shape}")
     numbers = np.arange(len(frames)) if frame_numbers is None else np.asarray(frame_numbers, dtype=np.int64)
-    if len(frames) % TEMPORAL_PATCH:
-        pad = TEMPORAL_PATCH - len(frames) % TEMPORAL_PATCH
-        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
-        numbers = np.concatenate([numbers, np.repeat(numbers[-1:], pad)])
+    frames, numbers = pad_frames(frames, numbers)
     frames = resize_frames(frames, smart_resize(frames.shape[1], frames.shape[2], max_pixels=max_pixels))
     T = len(frames) // TEMPORAL_PATCH
     grid = (T, frames.shape[1] // CELL, frames.shape[2] // CELL)

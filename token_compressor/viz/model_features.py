@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .features import VisualTokens, resize_frames, smart_resize
+from .features import VisualTokens, pad_frames, resize_frames, smart_resize
 
 DEFAULT_TOKENS_PER_PATCH = 256  # the default max_pixels: at most 256 tokens per temporal patch
 
@@ -32,10 +32,7 @@ def model_source(video: str, max_frames: int, max_pixels: Optional[int] = None,
     merge, temporal = int(vision.spatial_merge_size), int(vision.temporal_patch_size)
     cell = int(vision.patch_size) * merge
 
-    if len(frames) % temporal:  # pad with the last frame, as Qwen-VL's processors do
-        pad = temporal - len(frames) % temporal
-        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
-        numbers = np.concatenate([numbers, np.repeat(numbers[-1:], pad)])
+    frames, numbers = pad_frames(frames, numbers, temporal)
     size = smart_resize(frames.shape[1], frames.shape[2], factor=cell,
                         max_pixels=max_pixels or DEFAULT_TOKENS_PER_PATCH * cell * cell, min_pixels=cell * cell)
     frames = resize_frames(frames, size)
