@@ -4,14 +4,18 @@ import json
 
 import pytest
 
-from screening_helpers import make_mp4, tiny_qwen2_vl_with_processor
+from screening_helpers import make_mp4
+from tiny_checkpoint import save_checkpoint
 from token_compressor.config import ConfigError, ScreeningConfig
 from token_compressor.screening import ScreeningCache, ScreeningStats, screen, self_screener
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return tiny_qwen2_vl_with_processor()
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder = save_checkpoint(tmp_path_factory.mktemp("self") / "qwen2_vl", "qwen2_vl")
+    return AutoModelForImageTextToText.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
 
 
 def test_random_model_falls_back_cleanly(tiny, tmp_path):

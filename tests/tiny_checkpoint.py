@@ -1,4 +1,4 @@
-"""A tiny Qwen2.5-VL checkpoint folder (model + processor) saved offline, and a real mp4."""
+"""Tiny Qwen-VL checkpoint folders (model + processor, any of the three families) saved offline, and a real mp4."""
 from __future__ import annotations
 
 import json
