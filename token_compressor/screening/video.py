@@ -11,11 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from ..video import VideoError  # one error class for every unreadable video in the package
+
 _MIB = 1 << 20
-
-
-class VideoError(ValueError):
-    """A video file exists but cannot be read as a video."""
 
 
 @dataclass(frozen=True)
