@@ -12,10 +12,10 @@ def _version():
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
-def _transformers_range():
-    # the one definition lives in token_compressor/support.py
+def _support(name):
+    # the one definition of the tested ranges lives in token_compressor/support.py
     with open(os.path.join(HERE, "token_compressor", "support.py"), encoding="utf-8") as f:
-        return re.search(r'^TRANSFORMERS_RANGE = "([^"]+)"', f.read(), re.M).group(1)
+        return re.search(r'^%s = "([^"]+)"' % name, f.read(), re.M).group(1)
 
 
 def _readme():
@@ -33,16 +33,19 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["token_compressor", "token_compressor.*"]),
+    # Every lower bound here is what `make test-oldest` installs (requirements/oldest.lock is
+    # resolved with lowest-direct), every upper bound the newest tested release line; tests check
+    # that both locks sit inside these ranges (tests/test_lock.py).
     install_requires=[
-        "torch>=2.4",
-        "numpy>=1.24",
-        "transformers" + _transformers_range(),
+        "torch" + _support("TORCH_RANGE"),
+        "numpy>=2.0",
+        "transformers" + _support("TRANSFORMERS_RANGE"),
         "packaging>=23",
-        "tqdm>=4.60",
+        "tqdm>=4.66.3",
     ],
     extras_require={
         "test": [
-            "pytest>=8",
+            "pytest>=8.0",
             "hypothesis>=6.100",
         ],
         # `token-compressor visualize` and `bench --retention`: drawing and video decoding
@@ -51,10 +54,14 @@ setup(
             "av>=12",
         ],
         "eval": [
-            "torchvision",
+            # the pair of torch>=2.11,<2.15 (torchvision's C++ ops are built for one torch)
+            "torchvision>=0.26,<0.30",
             "accelerate>=1.0",
             "qwen-vl-utils>=0.0.14",
-            "lmms-eval>=0.7",
+            "lmms-eval>=0.7.3,<0.8",
+            # lmms-eval 0.7.x imports the private module filelock._api, which filelock 4.3 removed
+            # (every stock lmms-eval run then dies with "No module named 'filelock._api'").
+            "filelock<4.3",
             "decord>=0.6",
             "av>=12",
         ],
@@ -62,7 +69,7 @@ setup(
         # frames to caption, Pillow encodes them; the OpenAI-compatible client is the stdlib.
         "screening": ["av>=12", "pillow>=10"],
         # flash-attn needs a CUDA toolchain at build time: install it yourself on a GPU machine.
-        "gpu": ["triton>=3.0"],
+        "gpu": ["triton>=3.6"],
     },
     entry_points={
         "console_scripts": ["token-compressor=token_compressor.cli:main"],

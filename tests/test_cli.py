@@ -19,8 +19,10 @@ def test_info_reports_support_and_usability(capsys):
     assert cli.main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model_families"] == ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] == list(support.SUPPORTED_MODEL_TYPES)
-    assert info["transformers_range"] == support.TRANSFORMERS_RANGE == ">=5.0,<6"
-    assert info["transformers_supported"] is True
+    assert info["transformers_range"] == support.TRANSFORMERS_RANGE == ">=5.17,<5.24"
+    assert info["torch_range"] == support.TORCH_RANGE == ">=2.11,<2.15"
+    # the test environments (both locks) lie inside the ranges
+    assert info["transformers_supported"] is True and info["torch_supported"] is True
     assert "vidcom2" in info["compressors"]
     for key in ("cuda", "triton", "flash_attn"):
         assert isinstance(info[key], bool) and info[f"{key}_detail"]
@@ -31,15 +33,19 @@ def test_info_reports_support_and_usability(capsys):
         assert info["cuda"] is False and info["triton"] is False and info["flash_attn"] is False
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out
-    assert "qwen2_vl, qwen2_5_vl, qwen3_vl" in text and ">=5.0,<6" in text
+    assert "qwen2_vl, qwen2_5_vl, qwen3_vl" in text and "tested range >=5.17,<5.24: yes" in text
+    assert "tested range >=2.11,<2.15: yes" in text
     assert re.search(r"^Triton\s+(yes|no)", text, re.M) and re.search(r"^flash-attn\s+(yes|no)", text, re.M)
 
 
-def test_transformers_range_defined_once():
-    assert support.transformers_supported("5.23.0") and not support.transformers_supported("4.57.1")
-    assert not support.transformers_supported("6.0.0")
+def test_ranges_defined_once():
+    assert support.transformers_supported("5.17.0") and support.transformers_supported("5.23.0")
+    assert not support.transformers_supported("5.16.1") and not support.transformers_supported("5.24.0")
+    assert support.torch_supported("2.11.0+cu130") and support.torch_supported("2.14.1")
+    assert not support.torch_supported("2.10.0") and not support.torch_supported("2.15.0")
     setup_py = open(os.path.join(ROOT, "setup.py")).read()
-    assert "_transformers_range()" in setup_py and ">=5.0,<6" not in setup_py
+    assert '_support("TRANSFORMERS_RANGE")' in setup_py and '_support("TORCH_RANGE")' in setup_py
+    assert ">=5.17" not in setup_py and ">=2.11," not in setup_py
 
 
 def test_bench_runs_what_make_bench_runs(monkeypatch, capsys):

@@ -49,7 +49,8 @@ def collect() -> dict:
 
     import token_compressor as tc
 
-    from ..support import SUPPORTED_MODEL_TYPES, TRANSFORMERS_RANGE, transformers_supported
+    from ..support import (SUPPORTED_MODEL_TYPES, TORCH_RANGE, TRANSFORMERS_RANGE, torch_supported,
+                           transformers_supported)
 
     cuda, cuda_detail = cuda_status()
     triton, triton_detail = triton_status()
@@ -57,6 +58,8 @@ def collect() -> dict:
     return {
         "token_compressor": tc.__version__,
         "torch": torch.__version__,
+        "torch_range": TORCH_RANGE,
+        "torch_supported": torch_supported(torch.__version__),
         "transformers": transformers.__version__,
         "transformers_range": TRANSFORMERS_RANGE,
         "transformers_supported": transformers_supported(transformers.__version__),
@@ -77,8 +80,9 @@ def format_text(info: dict) -> str:
 
     rows = [
         ("token-compressor", info["token_compressor"]),
-        ("torch", info["torch"]),
-        ("transformers", f"{info['transformers']} (supported range {info['transformers_range']}: "
+        ("torch", f"{info['torch']} (tested range {info['torch_range']}: "
+                  f"{'yes' if info['torch_supported'] else 'NO'})"),
+        ("transformers", f"{info['transformers']} (tested range {info['transformers_range']}: "
                          f"{'yes' if info['transformers_supported'] else 'NO'})"),
         ("model families", ", ".join(info["model_families"])),
         ("compressors", ", ".join(info["compressors"])),
