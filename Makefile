@@ -17,6 +17,7 @@ UV_VERSION := 0.13.9
 # x86-64 Linux.
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 EXTRAS := test,eval,viz,screening
+PY := .venv/bin/python
 
 # The tests `make test-oldest` runs: model patches, selection (golden parity included), the Triton
 # interpreter checks and the command line. The lmms-eval end-to-end tests stay on the main lock.
@@ -28,7 +29,7 @@ OLDEST_TESTS := tests/test_models.py tests/test_processor_path.py tests/test_sel
 
 # $(call venv,DIR,LOCK): a fresh venv in DIR from LOCK alone, stamped with LOCK's hash.
 define venv
-	rm -rf $(1)
+	rm -rf $(1) *.egg-info
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install -q --no-deps --require-hashes -r $(2)
 	$(1)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
@@ -48,12 +49,12 @@ requirements/%.lock:
 venv: .venv/.installed
 
 bench: .venv/.installed
-	.venv/bin/python tools/check_venv.py requirements/main.lock
-	.venv/bin/python -m benchmarks
+	$(PY) tools/check_venv.py requirements/main.lock
+	$(PY) -m benchmarks
 
 test: .venv/.installed
-	.venv/bin/python tools/check_venv.py requirements/main.lock
-	.venv/bin/python -m pytest -q tests
+	$(PY) tools/check_venv.py requirements/main.lock
+	$(PY) -m pytest -q tests
 
 test-oldest: .venv-oldest/.installed
 	.venv-oldest/bin/python tools/check_venv.py requirements/oldest.lock

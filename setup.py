@@ -54,7 +54,7 @@ setup(
             "av>=12",
         ],
         "eval": [
-            # the pair of torch>=2.11,<2.15 (torchvision's C++ ops are built for one torch)
+            # the pairs of TORCH_RANGE's releases (torchvision's C++ ops are built for one torch)
             "torchvision>=0.26,<0.30",
             "accelerate>=1.0",
             "qwen-vl-utils>=0.0.14",
@@ -67,7 +67,7 @@ setup(
         ],
         # EMC segment screening (`token-compressor screen`, EMC_SCREENER=llm): PyAV decodes the
         # frames to caption, Pillow encodes them; the OpenAI-compatible client is the stdlib.
-        "screening": ["av>=12", "pillow>=10"],
+        "screening": ["av>=12", "pillow>=10.1"],
         # flash-attn needs a CUDA toolchain at build time: install it yourself on a GPU machine.
         "gpu": ["triton>=3.6"],
     },

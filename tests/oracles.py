@@ -1,4 +1,6 @@
 """Oracles for the model patches: the unpatched model fed an explicitly pruned sequence."""
+import inspect
+
 import torch
 
 import token_compressor as tc
@@ -23,6 +25,10 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
     video_pos = (ids[0] == video_token_id).nonzero().squeeze(1)
     keep = torch.ones(ids.shape[1], dtype=torch.bool)
     kept_feats, kept_deep, offset = [], [], 0
+    if getattr(enc, "deepstack_features", None) is not None:
+        sizes = [f.shape[0] for f in enc.pooler_output]  # 5.17: one tensor per layer
+        enc.deepstack_features = [torch.split(layer, sizes) if torch.is_tensor(layer) else layer
+                                  for layer in enc.deepstack_features]
     for v, feat in enumerate(enc.pooler_output):
         n = feat.shape[0]
         sel = tc.select(feat, int(sample["video_grid_thw"][v][0]), ratio, method=method)
@@ -43,8 +49,34 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
         "attention_mask": torch.ones(1, Lp, dtype=torch.long),
         "mm_token_type_ids": mm[:, keep],
         "position_ids": position_ids,
-        "mm_encoder_outputs": {"video": enc},
+        **_features_input(model, sample, enc),
     }
+
+
+def _features_input(model, sample, enc):
+    """How the unpatched model is given the pruned encoder output `enc`.
+
+    transformers 5.23: `mm_encoder_outputs`. 5.17 has no such argument (its forward computes the
+    features from the pixel values): the oracle passes the sample's own pixel values and makes
+    the model's `get_video_features` answer `enc` for exactly that tensor (any other input still
+    runs the vision tower), with deepstack layers concatenated as 5.17's forward expects them."""
+    inner = model.model
+    if "mm_encoder_outputs" in inspect.signature(type(inner).forward).parameters:
+        return {"mm_encoder_outputs": {"video": enc}}
+    pixels = sample["pixel_values_videos"].clone()  # the oracle's own tensor: nobody else passes it
+    fed = type(enc)(**{k: v for k, v in enc.items()})
+    if getattr(enc, "deepstack_features", None) is not None:
+        fed.deepstack_features = [torch.cat(layer, dim=0) for layer in enc.deepstack_features]
+    real = type(inner).get_video_features.__get__(inner)
+    previous = inner.__dict__.get("get_video_features", real)
+
+    def get_video_features(pixel_values_videos, video_grid_thw=None, **kwargs):
+        if pixel_values_videos is pixels:
+            return fed
+        return previous(pixel_values_videos, video_grid_thw, **kwargs)
+
+    inner.get_video_features = get_video_features
+    return {"pixel_values_videos": pixels, "video_grid_thw": sample["video_grid_thw"]}
 
 
 def greedy_uncached(model, inputs, steps, suppress=SPECIAL):
@@ -55,9 +87,10 @@ def greedy_uncached(model, inputs, steps, suppress=SPECIAL):
     out = []
     for _ in range(steps):
         with torch.no_grad():
+            features = {k: v for k, v in inputs.items()
+                        if k in ("mm_encoder_outputs", "pixel_values_videos", "video_grid_thw")}
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos,
-                           mm_token_type_ids=mm, mm_encoder_outputs=inputs["mm_encoder_outputs"],
-                           use_cache=False).logits
+                           mm_token_type_ids=mm, use_cache=False, **features).logits
         last = logits[:, -1].clone()
         last[:, suppress] = float("-inf")  # as generate's suppress_tokens
         nxt = last.argmax(-1, keepdim=True)

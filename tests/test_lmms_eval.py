@@ -13,11 +13,13 @@ VidCom² keeps sum_t round(r * (1 + p_t - mean p) * N) tokens per clip: r*N*T up
 rounding per temporal patch, so |after - r*before| <= 0.5 * 4 * 2 = 4 over the two clips.
 """
 import json
+import os
 
 import pytest
 
 import lmms_eval_harness as H
 from screening_helpers import FakeOpenAI, reply
+from test_runtime import HIDE_FILELOCK_API
 
 
 BEFORE = {"qwen2_vl": 128, "qwen2_5_vl": 128, "qwen3_vl": 72}
@@ -56,6 +58,15 @@ def runs(tmp_path_factory):
                           {**compress, **emc}),
         }
         jobs = {name: (cmd, H.clean_env(env, root)) for name, (cmd, env) in jobs.items()}
+        # lmms-eval 0.7.3 beside a filelock without `filelock._api` (filelock >= 4.3): the
+        # sitecustomize hides that module in every process of the run, as that release does
+        hide = root / "hide_filelock_api"
+        hide.mkdir()
+        (hide / "sitecustomize.py").write_text(HIDE_FILELOCK_API)
+        broken_env = H.clean_env(compress, root)
+        broken_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hide), broken_env.get("PYTHONPATH")) if p)
+        jobs["lmms_eval_broken"] = (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_broken"),
+                                    broken_env)
         done = H.run_many(jobs, root)
         planner_requests = len(server.planner_requests())
     return {"root": root, "done": done, "planner_requests": planner_requests}
@@ -111,6 +122,15 @@ def test_invalid_configuration_stops_the_run_before_the_first_sample(runs):
     assert "R_RATIO='abc' is not a number" in proc.stderr and "stopping the run" in proc.stderr
     assert "Model Responding" not in proc.stderr + proc.stdout
     assert not (runs["root"] / "out_invalid").exists()
+
+
+def test_lmms_eval_that_cannot_run_here_stops_before_the_first_sample(runs):
+    proc = runs["done"]["lmms_eval_broken"]
+    assert proc.returncode != 0
+    assert "lmms-eval 0.7.3 cannot run in this environment" in proc.stderr
+    assert "filelock<4.3" in proc.stderr and "stopping the run before the first sample" in proc.stderr
+    assert "Model Responding" not in proc.stderr + proc.stdout and "Error during evaluation" not in proc.stderr
+    assert not (runs["root"] / "out_broken").exists()
 
 
 def test_emc_screening_in_front_of_the_model_is_counted(runs):

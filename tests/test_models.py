@@ -271,5 +271,7 @@ def test_unsupported_transformers_version_is_refused():
     from token_compressor.models import check_transformers_version
 
     check_transformers_version("5.23.0")
-    with pytest.raises(RuntimeError, match="supports transformers >=5.0,<6.*found 4.57.1"):
-        check_transformers_version("4.57.1")
+    check_transformers_version("5.17.0")
+    for version in ("4.57.1", "5.16.1", "5.24.0"):
+        with pytest.raises(RuntimeError, match=f"supports transformers >=5.17,<5.24.*found {version}"):
+            check_transformers_version(version)

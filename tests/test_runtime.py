@@ -66,6 +66,31 @@ def test_plugin_stops_the_process_on_a_bad_configuration(monkeypatch, capsys, en
     assert not runtime.installed() and not is_class_patched(FAMILIES["qwen2_vl"].model_class())
 
 
+# filelock 4.3 in effect: every module of filelock loaded, then `filelock._api` made unimportable
+PRELOAD_FILELOCK = (
+    "import importlib, pkgutil, sys, filelock\n"
+    "for m in pkgutil.walk_packages(filelock.__path__, 'filelock.'):\n"
+    "    importlib.import_module(m.name)\n"
+)
+HIDE_FILELOCK_API = PRELOAD_FILELOCK + "sys.modules['filelock._api'] = None\n"
+
+
+@pytest.mark.parametrize("env", [{}, {"COMPRESSOR": "vidcom2", "R_RATIO": "0.25"}])
+def test_plugin_stops_when_lmms_eval_itself_cannot_run(monkeypatch, capsys, env):
+    assert runtime.lmms_eval_problems() == []  # the locked environment evaluates
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    exec(PRELOAD_FILELOCK, {})  # loaded, so that setitem restores it afterwards
+    monkeypatch.setitem(sys.modules, "filelock._api", None)
+    with pytest.raises(SystemExit) as info:
+        runtime.lmms_eval_plugin()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("token_compressor: lmms-eval 0.7.3 cannot run in this environment:")
+    assert "filelock<4.3" in err and "stopping the run before the first sample" in err and err.count("\n") == 1
+    assert not runtime.installed()
+
+
 def test_plugin_never_raises_when_nothing_was_asked(monkeypatch, caplog):
     def broken():
         raise RuntimeError("token_compressor supports transformers >=5.0,<6; found 4.57.0")

@@ -14,6 +14,7 @@ front of the model when `EMC_SCREENER` is set, and registers the run report prin
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import sys
@@ -94,6 +95,35 @@ def _asked_for_work(environ=None) -> bool:
     return any(str(env.get(k, "")).strip() not in ("", "none") for k in ("COMPRESSOR", "EMC_SCREENER"))
 
 
+# What lmms-eval imports lazily once evaluation starts, after the model is built: a missing one
+# surfaces only as lmms-eval's generic "Error during evaluation" and a run of 0 samples, so the
+# entry point probes them first. (module, why it is needed and what to do)
+LMMS_EVAL_RUNTIME_NEEDS = (
+    ("filelock._api", "lmms-eval 0.7.x patches filelock's private module filelock._api when "
+                      "evaluation starts, and filelock 4.3 removed it: pip install 'filelock<4.3'"),
+)
+
+
+def lmms_eval_problems() -> list:
+    """Why the installed lmms-eval cannot evaluate in this environment (empty when it can)."""
+    problems = []
+    for module, why in LMMS_EVAL_RUNTIME_NEEDS:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            problems.append(f"{why} ({e})")
+    return problems
+
+
+def _lmms_eval_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lmms-eval")
+    except Exception:  # noqa: BLE001 - a version is only for the message
+        return "?"
+
+
 def lmms_eval_plugin():
     """The `lmms_eval.models` entry point: registers no models (returns []).
 
@@ -101,7 +131,16 @@ def lmms_eval_plugin():
     ones when one raises, so this never lets an exception out. When the configuration is invalid,
     or compression/screening was asked for and cannot be installed, it prints one line and exits
     the process with status 2 (`SystemExit`, which lmms-eval does not catch) before any model is
-    built: running uncompressed when compression was asked for would be silent and wrong."""
+    built: running uncompressed when compression was asked for would be silent and wrong.
+    It does the same, whatever the configuration, when lmms-eval itself cannot evaluate in this
+    environment (`lmms_eval_problems`): otherwise the run would fail after the model is loaded
+    with a generic message and report 0 samples."""
+    problems = lmms_eval_problems()
+    if problems:
+        sys.stderr.write(f"token_compressor: lmms-eval {_lmms_eval_version()} cannot run in this environment: "
+                         f"{'; '.join(problems)} (stopping the run before the first sample)\n")
+        sys.stderr.flush()
+        raise SystemExit(2)
     try:
         install("lmms-eval")
     except Exception as e:  # noqa: BLE001 - see the docstring

@@ -11,8 +11,9 @@ from .qwen3_vl import FAMILY as QWEN3_VL
 
 from ..support import SUPPORTED_MODEL_TYPES, TRANSFORMERS_RANGE, transformers_supported
 
-# TRANSFORMERS_RANGE: the versions whose seams (get_video_features -> pooler_output tuple,
-# get_rope_index, forward(mm_encoder_outputs=...)) the patches rely on; tested with 5.23.
+# TRANSFORMERS_RANGE: the tested versions of the seams the patches rely on (get_video_features ->
+# pooler_output tuple, get_rope_index, and the encoder outputs handed to forward: as
+# `mm_encoder_outputs` in 5.23, through get_*_features in 5.17; see pruning.encoder_outputs_handover).
 FAMILIES: Dict[str, Family] = {f.name: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)}
 assert tuple(FAMILIES) == SUPPORTED_MODEL_TYPES
 
@@ -29,7 +30,7 @@ def check_transformers_version(version: str = None) -> None:
         raise RuntimeError(f"cannot read the transformers version {version!r}") from None
     if not ok:
         raise RuntimeError(
-            f"token_compressor supports transformers {TRANSFORMERS_RANGE} (the Qwen-VL seams of 5.x); found {version}"
+            f"token_compressor supports transformers {TRANSFORMERS_RANGE} (the tested Qwen-VL seams); found {version}"
         )
 
 

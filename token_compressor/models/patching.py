@@ -16,7 +16,7 @@ from typing import Dict, Optional
 import torch
 
 from .. import report
-from .pruning import PrefillStats, Settings, compress_prefill
+from .pruning import PrefillStats, Settings, compress_prefill, encoder_outputs_handover
 
 logger = logging.getLogger("token_compressor")
 
@@ -90,8 +90,8 @@ def make_forward(original, family):
         if not settings.enabled or not _has_visual_input(kwargs, settings) or not _is_prefill(kwargs):
             return original(self, **kwargs)
         new_kwargs, _ = _compress(self, family, settings, kwargs)
-        with _Guard():
-            return original(self, **new_kwargs)
+        with _Guard(), encoder_outputs_handover(self, family, new_kwargs) as call:
+            return original(self, **call)
 
     setattr(forward, ATTR_WRAPPED, original)
     return forward
@@ -117,8 +117,8 @@ def _generate(self, original, family, inputs, args, kwargs):
     original_ids = kwargs["input_ids"]
     new_kwargs, stats = _compress(self, family, settings, kwargs)
     compressed_len = new_kwargs["input_ids"].shape[1]
-    with _Guard():
-        out = original(self, **new_kwargs)
+    with _Guard(), encoder_outputs_handover(self, family, new_kwargs) as call:
+        out = original(self, **call)
     # Callers trim the prompt with the length of the ids they passed: return the original
     # prompt followed by the new tokens, as an uncompressed run would.
     if isinstance(out, torch.Tensor):

@@ -11,6 +11,8 @@ Semantics (the same as the VidCom² authors' and vLLM's):
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -148,9 +150,10 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any]):
             `mm_token_type_ids` (required), pixel values and grids or `mm_encoder_outputs`,
             optional `labels` [B, L] and `position_ids`.
     Returns:
-        (new kwargs for the original forward/generate, `PrefillStats`). The new kwargs carry the
-        pruned `input_ids`, `attention_mask`, `mm_token_type_ids`, `labels`, `position_ids`
-        `[4, B, L']` and pruned `mm_encoder_outputs`; pixel values and grids are consumed.
+        (new kwargs, `PrefillStats`). The new kwargs carry the pruned `input_ids`,
+        `attention_mask`, `mm_token_type_ids`, `labels`, `position_ids` `[4, B, L']` and pruned
+        `mm_encoder_outputs`, and still the pixel values and grids: hand them to the original
+        forward/generate through `encoder_outputs_handover`.
     """
     kwargs = dict(kwargs)
     input_ids = kwargs.get("input_ids")
@@ -240,8 +243,7 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any]):
     max_pos = gathered["vision_pos"].masked_fill(~new_mask.to(vision_pos.device), -1).amax(dim=(0, 2)).unsqueeze(1)
     inner.rope_deltas = (max_pos + 1 - lengths.to(max_pos.device))
 
-    for key in ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts"):
-        kwargs.pop(key, None)
+    # pixel values and grids stay: `encoder_outputs_handover` decides what the original call gets
     kwargs.update(
         input_ids=gathered["input_ids"],
         attention_mask=new_attention,
@@ -255,6 +257,86 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any]):
     stats.encode_ms = encode_ms
     stats.compress_ms = (time.perf_counter() - t0) * 1e3
     return kwargs, stats
+
+
+PIXEL_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+_FEATURES = {"video": ("get_video_features", "video_token_id"), "image": ("get_image_features", "image_token_id")}
+
+
+@functools.lru_cache(maxsize=None)
+def takes_encoder_outputs(model_cls: type) -> bool:
+    """Whether `model_cls.forward` (a `*VLModel`) accepts precomputed `mm_encoder_outputs`.
+
+    The seam differs between the supported transformers releases: 5.23 takes the encoder outputs
+    as an argument (generate precomputes them); 5.17 computes them inside `forward` from the pixel
+    values with `get_video_features` / `get_image_features`. Detected from the signature, not
+    from a version number."""
+    return "mm_encoder_outputs" in inspect.signature(model_cls.forward).parameters
+
+
+@contextlib.contextmanager
+def encoder_outputs_handover(model, family, kwargs: Dict[str, Any]):
+    """Yield the keyword arguments for the original forward/generate of a compressed call.
+
+    With `mm_encoder_outputs` in `forward` (transformers 5.23): the pruned encoder outputs, and no
+    pixel values. Without (5.17): the pixel values and grids stay in the call (generate expands
+    them per beam / returned sequence from the grids), and while the call runs the model's
+    `get_*_features` answer with the pruned outputs instead of running the vision tower; when
+    generate expanded the items, in its order (each sample's items repeated as one block)."""
+    inner = model.model
+    encoded = kwargs.get("mm_encoder_outputs") or {}
+    if takes_encoder_outputs(type(inner)):
+        yield {k: v for k, v in kwargs.items() if k not in PIXEL_KEYS}
+        return
+    call = {k: v for k, v in kwargs.items() if k != "mm_encoder_outputs"}
+    missing = object()
+    before = {}
+    for kind, output in encoded.items():
+        name, token_attr = _FEATURES[kind]
+        samples = _item_samples(call["input_ids"], getattr(model.config, token_attr), output.pooler_output)
+        before[name] = inner.__dict__.get(name, missing)
+        inner.__dict__[name] = _precomputed(family, kind, output, samples)
+    try:
+        yield call
+    finally:
+        for name, old in before.items():  # an instance attribute someone else set comes back
+            if old is missing:
+                inner.__dict__.pop(name, None)
+            else:
+                inner.__dict__[name] = old
+
+
+def _item_samples(input_ids: torch.Tensor, token_id: int, items) -> List[int]:
+    """The sample (batch row) of each visual item, from where its tokens sit in `input_ids`."""
+    bidx, _ = _token_positions(input_ids, token_id)
+    out, offset = [], 0
+    for f in items:
+        out.append(int(bidx[offset]) if f.shape[0] else 0)
+        offset += f.shape[0]
+    return out
+
+
+def _precomputed(family, kind: str, output, samples: List[int]):
+    n = len(output.pooler_output)
+
+    def get_features(pixel_values, grid_thw=None, **_):
+        rows = n if grid_thw is None else int(grid_thw.shape[0])
+        if rows % n:
+            raise ValueError(f"token_compressor: the model asked for {rows} {kind} items, the compressed "
+                             f"prompt has {n}")
+        repeat = rows // n
+        order = [i for b in sorted(set(samples)) for _ in range(repeat)
+                 for i in range(n) if samples[i] == b]
+        return family.forward_encoder_output(output, order)
+
+    return get_features
+
+
+def select_pooled(output, order: List[int]):
+    """A copy of an encoder output whose `pooler_output` holds items `order` (repeats allowed)."""
+    new = type(output)(**{k: v for k, v in output.items()})
+    new.pooler_output = tuple(output.pooler_output[i] for i in order)
+    return new
 
 
 def prune_pooled(output, kept_rows: List[torch.Tensor]):

@@ -2,7 +2,7 @@
 output, so features are frame-major as `select` expects); `second_per_grid_ts` only scales the
 temporal position ids, which are computed on the full prompt before pruning."""
 from .families import Family
-from .pruning import prune_pooled
+from .pruning import prune_pooled, select_pooled
 
 
 def _model_class():
@@ -11,4 +11,5 @@ def _model_class():
     return Qwen2_5_VLForConditionalGeneration
 
 
-FAMILY = Family(name="qwen2_5_vl", model_class=_model_class, prune_encoder_output=prune_pooled)
+FAMILY = Family(name="qwen2_5_vl", model_class=_model_class, prune_encoder_output=prune_pooled,
+                forward_encoder_output=select_pooled)
