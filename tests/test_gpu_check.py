@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,55 @@ def test_targets_are_listed_but_not_judged_in_a_dry_run(dry_run):
     names = " / ".join(t["target"] for t in targets)
     assert "fraction of the bandwidth bound" in names and "straightforward formulation" in names
     assert "r=0.25 prefill (vision encoder + LM) speed-up" in names and "share of the full prefill" in names
+
+
+def _fake_run(tmp_path, monkeypatch, funcs, total=60.0):
+    import benchmarks.gpu_check as gc
+
+    monkeypatch.setattr(gc, "SECTIONS", tuple((name, 5) for name in funcs))
+    monkeypatch.setattr(gc, "SECTION_FUNCS", funcs)
+    # dry_run=False: the GPU run's bookkeeping; the fake sections make no CUDA call
+    run = gc.Run(tmp_path, dry_run=False, total_budget_s=total, t0=time.monotonic())
+    gc.run_sections(run)
+    return run.result, (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_failing_or_overrunning_section_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    import benchmarks.gpu_check as gc
+
+    def ok(run, res):
+        res["value"] = 1
+
+    def boom(run, res):
+        res["partial"] = 2
+        raise RuntimeError("boom")
+
+    def overrun(run, res):
+        run.deadline = time.monotonic() - 1  # as if its budget were spent during the first step
+        run.check("the second step")
+
+    def absent(run, res):
+        raise gc.NotAvailable("not available on this machine (flash_attn does not import)")
+
+    def wrong(run, res):
+        res["passed"] = False
+
+    result, table = _fake_run(tmp_path, monkeypatch, {"environment": ok, "bandwidth": boom, "golden_selection": overrun,
+                                                      "model_oracle": wrong, "flash_attention_2": absent, "kernels": ok})
+    s = result["sections"]
+    assert [s[n]["status"] for n in s] == ["ok", "error", "over budget", "failed", "not available", "ok"]
+    assert s["bandwidth"]["error"] == "RuntimeError: boom" and s["bandwidth"]["result"] == {"partial": 2}
+    assert "RuntimeError: boom" in s["bandwidth"]["traceback"]
+    assert s["golden_selection"]["error"] == "section budget spent before the second step"
+    # targets whose sections produced nothing read NOT RUN, never PASS
+    assert result["targets"] and all(t["pass"] is None for t in result["targets"])
+    assert "| NOT RUN |" in table and "PASS" not in table
+    assert "| bandwidth | error |" in table and "RuntimeError: boom" in table
+    assert "| flash_attention_2 | not available |" in table and "not available on this machine" in table
+
+
+def test_sections_past_the_total_budget_are_skipped(tmp_path, monkeypatch):
+    calls = []
+    result, table = _fake_run(tmp_path, monkeypatch, {"environment": lambda run, res: calls.append(1)}, total=1.0)
+    assert calls == [] and result["sections"]["environment"]["status"] == "skipped"
+    assert "| environment | skipped |" in table
