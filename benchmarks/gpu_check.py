@@ -310,7 +310,8 @@ def _to(batch: dict, device) -> dict:
 
 def oracle_case(family: str, attn: str, device, dtype) -> dict:
     """A tiny `family` model in `dtype` on `device` with `attn`: the patched prefill's logits against
-    the unpatched model fed the explicitly pruned sequence, and the naive-position control."""
+    the unpatched model fed the explicitly pruned sequence, and the two controls (naive positions,
+    negated features) that show the comparison can fail."""
     import torch
 
     import token_compressor as tc
@@ -392,7 +393,7 @@ def sec_kernels(run: Run, res: dict) -> None:
     res["passed"] = all(r.get("triton_selects_as_torch", False) for r in out["rows"])
 
 
-def full_size_config(spec: dict, attn: str, dry: bool):
+def full_size_config(spec: dict, dry: bool):
     """The checkpoint's configuration (`spec`), or in a dry run the same shrunk to toy sizes
     (vocabulary, token ids, patch and merge sizes, RoPE type and theta kept)."""
     from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
@@ -422,7 +423,7 @@ def build_full_size(spec: dict, attn: str, device, dry: bool):
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
     cls = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen3_vl": Qwen3VLForConditionalGeneration}[spec["family"]]
-    cfg = full_size_config(spec, attn, dry)
+    cfg = full_size_config(spec, dry)
     torch.manual_seed(0)
     with torch.device(device):
         model = cls._from_config(cfg, dtype=torch.bfloat16, attn_implementation=attn)
