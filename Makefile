@@ -23,7 +23,7 @@ PY := .venv/bin/python
 # interpreter checks and the command line. The lmms-eval end-to-end tests stay on the main lock.
 OLDEST_TESTS := tests/test_models.py tests/test_processor_path.py tests/test_select.py \
 	tests/test_golden.py tests/test_config.py tests/test_kernels_triton.py tests/test_cli.py \
-	tests/test_cli_model.py tests/test_lock.py
+	tests/test_cli_model.py tests/test_lock.py tests/test_gpu_check.py
 
 .PHONY: bench test test-oldest test-latest lock venv clean
 

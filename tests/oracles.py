@@ -12,9 +12,11 @@ SPECIAL = list(range(250, 256))  # image, video, vision start/end ids of the tin
 def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_id=VIDEO):
     """Oracle inputs for one unpadded sample, built without token_compressor.models: the kept
     video rows from `tc.select` on the model's own features, ids and features sliced, original
-    3D positions sliced, text row renumbered 0..L'-1."""
+    3D positions sliced, text row renumbered 0..L'-1. Tensors are made on the sample's device
+    (benchmarks/gpu_check.py runs this oracle on CUDA)."""
     inner = model.model
     ids = sample["input_ids"].unsqueeze(0)
+    dev = ids.device
     mm = sample["mm_token_type_ids"].unsqueeze(0)
     with torch.no_grad():
         enc = inner.get_video_features(sample["pixel_values_videos"], sample["video_grid_thw"], return_dict=True)
@@ -23,7 +25,7 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
         rope_kw["second_per_grid_ts"] = sample["second_per_grid_ts"]
     pos3, _ = inner.get_rope_index(ids, attention_mask=torch.ones_like(ids), **rope_kw)
     video_pos = (ids[0] == video_token_id).nonzero().squeeze(1)
-    keep = torch.ones(ids.shape[1], dtype=torch.bool)
+    keep = torch.ones(ids.shape[1], dtype=torch.bool, device=dev)
     kept_feats, kept_deep, offset = [], [], 0
     if getattr(enc, "deepstack_features", None) is not None:
         sizes = [f.shape[0] for f in enc.pooler_output]  # 5.17: one tensor per layer
@@ -32,8 +34,8 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
     for v, feat in enumerate(enc.pooler_output):
         n = feat.shape[0]
         sel = tc.select(feat, int(sample["video_grid_thw"][v][0]), ratio, method=method)
-        drop = torch.ones(n, dtype=torch.bool)
-        drop[sel.keep] = False
+        drop = torch.ones(n, dtype=torch.bool, device=dev)
+        drop[sel.keep.to(dev)] = False
         keep[video_pos[offset:offset + n][drop]] = False
         kept_feats.append(feat[sel.keep])
         kept_deep.append(sel.keep)
@@ -42,11 +44,11 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
     if getattr(enc, "deepstack_features", None) is not None:
         enc.deepstack_features = [tuple(f[k] for f, k in zip(layer, kept_deep)) for layer in enc.deepstack_features]
     Lp = int(keep.sum())
-    text = torch.arange(Lp).view(1, 1, Lp)
+    text = torch.arange(Lp, device=dev).view(1, 1, Lp)
     position_ids = torch.cat([text, pos3[:, :, keep]], dim=0)
     return {
         "input_ids": ids[:, keep],
-        "attention_mask": torch.ones(1, Lp, dtype=torch.long),
+        "attention_mask": torch.ones(1, Lp, dtype=torch.long, device=dev),
         "mm_token_type_ids": mm[:, keep],
         "position_ids": position_ids,
         **_features_input(model, sample, enc),

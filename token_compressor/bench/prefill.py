@@ -11,14 +11,14 @@ The vision tower is kept tiny (it is not what compression shortens: pruning happ
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 
 import token_compressor as tc
 
-from .timing import interleaved_best
-
-VIDEO, VSTART, VEND = 151656, 151652, 151653
+from .timing import device_median_ms, interleaved_best, sync
 
 
 def build_model(device, dtype):
@@ -36,20 +36,38 @@ def build_model(device, dtype):
     return Qwen2_5_VLForConditionalGeneration(cfg).to(device=device, dtype=dtype).eval()
 
 
-def build_inputs(device, T=24, h=32, w=32):
-    """One video of T temporal patches of (h/2)*(w/2) tokens: 24 * 256 = 6,144 video tokens."""
-    n = T * h * w // 4
-    ids = torch.tensor([[1, 2, 3, VSTART] + [VIDEO] * n + [VEND] + list(range(10, 40))])
-    mm = (ids == VIDEO).long() * 2
-    g = torch.Generator().manual_seed(0)
-    return {
+def video_inputs(config, frames: int, height: int, width: int, device="cpu", seed: int = 0) -> dict:
+    """Model inputs for one prompt holding one video of `frames` frames of `height` x `width`
+    pixels, laid out as the Qwen processors lay it out for `config` (a Qwen2/2.5/3-VL config):
+    Qwen2/2.5 one block of video tokens, Qwen3 one `<timestamp> <vision_start> tokens <vision_end>`
+    group per temporal patch. `frames / temporal_patch_size` temporal patches of
+    `(height / patch) * (width / patch) / merge**2` tokens each; random pixel rows (fp32)."""
+    v = config.vision_config
+    p, tp, m = v.patch_size, v.temporal_patch_size, v.spatial_merge_size
+    if frames % tp or height % (p * m) or width % (p * m):
+        raise ValueError(f"{frames} frames of {height}x{width} do not tile into {tp}-frame patches of "
+                         f"{p * m}x{p * m} pixels (patch {p}, merge {m})")
+    T, h, w = frames // tp, height // p, width // p
+    n = h * w // (m * m)
+    video, start, end = config.video_token_id, config.vision_start_token_id, config.vision_end_token_id
+    ids = [1, 2, 3]
+    if config.model_type == "qwen3_vl":
+        for t in range(T):  # two text ids stand in for the '<t.s seconds>' timestamp
+            ids += [40 + t % 10, 50, start] + [video] * n + [end]
+    else:
+        ids += [start] + [video] * (T * n) + [end]
+    ids = torch.tensor([ids + list(range(10, 40))])
+    g = torch.Generator().manual_seed(seed)
+    inputs = {
         "input_ids": ids.to(device),
         "attention_mask": torch.ones_like(ids).to(device),
-        "mm_token_type_ids": mm.to(device),
-        "pixel_values_videos": torch.randn(T * h * w, 3 * 2 * 14 * 14, generator=g).to(device),
+        "mm_token_type_ids": ((ids == video).long() * 2).to(device),
+        "pixel_values_videos": torch.randn(T * h * w, 3 * tp * p * p, generator=g).to(device),
         "video_grid_thw": torch.tensor([[T, h, w]]).to(device),
-        "second_per_grid_ts": torch.tensor([1.0]).to(device),
     }
+    if config.model_type == "qwen2_5_vl":
+        inputs["second_per_grid_ts"] = torch.tensor([1.0]).to(device)
+    return inputs
 
 
 def kv_bytes(cache) -> int:
@@ -60,44 +78,123 @@ def kv_bytes(cache) -> int:
     return total
 
 
-def run(device="cpu", dtype=torch.bfloat16, repeats=2, ratios=(0.25, 0.5)):
-    model = build_model(device, dtype)
-    inputs = build_inputs(device)
-    n_video = int((inputs["input_ids"] == VIDEO).sum())
-    rows = []
+def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = 2, new_tokens: int = 0, warmup: int = 1) -> list:
+    """Prefill of `inputs` by `model` uncompressed and with VidCom² at each ratio, interleaved:
+    on CUDA the median of `repeats` (CUDA events), elsewhere the best of `repeats`, each after
+    `warmup` untimed calls.
+
+    One row per configuration: `prefill_ms`, `speedup` (full / this), `vision_ms` (the vision
+    encoder, from the compressed runs' statistics: it is the same work in every configuration),
+    `compressor_ms` (selection + gathering), `compressor_share` (of this row's prefill) and
+    `compressor_of_full` (of the full prefill), `lm_ms` (prefill less vision encoder and
+    compressor), KV-cache bytes after prefill; on CUDA `peak_MiB` (`torch.cuda.max_memory_allocated`
+    over one prefill, weights included); with `new_tokens`, `measure_generate`'s `generate_ms`."""
+    device = model.device
+    cuda = device.type == "cuda"
+    stats = {}
 
     def prefill():
         with torch.no_grad():
             # logits for the last position only, as generate() does
             return model(**inputs, use_cache=True, logits_to_keep=1)
 
-    tc.apply(model, method="none")
-    full = prefill()
     configs = {"full": None, **{f"vidcom2 r={r}": r for r in ratios}}
-    kv, share = {}, {}
+
+    def configure(r):
+        tc.apply(model, method="none" if r is None else "vidcom2", ratio=0.25 if r is None else r)
+
     fns = {}
     for name, r in configs.items():
-        def fn(r=r):
-            tc.apply(model, method="none" if r is None else "vidcom2", ratio=0.25 if r is None else r)
-            return prefill()
+        def fn(_=None, name=name, r=r):
+            configure(r)
+            out = prefill()
+            if r is not None:
+                stats.setdefault(name, []).append(tc.last_stats(model))
+            return out
         fns[name] = fn
-    times = interleaved_best(fns, repeats=repeats, warmup=1, device=device)
+    if cuda:
+        times = device_median_ms(fns, [None], repeats=repeats, warmup=warmup, device=device)
+    else:
+        times = interleaved_best(fns, repeats=repeats, warmup=warmup, device=device)
+
+    def med(name, key):
+        return statistics.median(s[key] for s in stats[name]) if name in stats else 0.0
+
+    vision_ms = statistics.median(s["encode_ms"] for v in stats.values() for s in v) if stats else None
+    n_video = int((inputs["input_ids"] == model.config.video_token_id).sum())
+    rows, full_kv = [], None
     for name, r in configs.items():
+        configure(r)
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
         out = fns[name]()
-        stats = tc.last_stats(model) if r is not None else None
-        kv[name] = kv_bytes(out.past_key_values)
-        share[name] = (stats["compress_ms"] / times[name]) if stats else 0.0
-        rows.append({
+        kv = kv_bytes(out.past_key_values)
+        full_kv = kv if r is None else full_kv
+        row = {
             "config": name,
-            "visual_tokens": stats["visual_tokens_after"] if stats else n_video,
-            "prefill_ms": round(times[name], 1),
+            "ratio": r,
+            "visual_tokens": stats[name][-1]["visual_tokens_after"] if r is not None else n_video,
+            "seq_len": stats[name][-1]["seq_len_after"] if r is not None else int(inputs["input_ids"].shape[1]),
+            "prefill_ms": round(times[name], 2),
             "speedup": round(times["full"] / times[name], 2),
-            "compressor_share": round(share[name], 4),
-            "kv_cache_MiB": round(kv[name] / 2**20, 2),
-            "kv_vs_full": round(kv[name] / kv_bytes(full.past_key_values), 3),
-        })
+            "vision_ms": None if vision_ms is None else round(vision_ms, 2),
+            "compressor_ms": round(med(name, "compress_ms"), 3),
+            "compressor_share": round(med(name, "compress_ms") / times[name], 4),
+            "compressor_of_full": round(med(name, "compress_ms") / times["full"], 4),
+            "kv_cache_bytes": kv,
+            "kv_cache_MiB": round(kv / 2**20, 2),
+            "kv_vs_full": round(kv / full_kv, 3),
+        }
+        if vision_ms is not None:
+            row["lm_ms"] = round(times[name] - vision_ms - med(name, "compress_ms"), 2)
+        if cuda:
+            torch.cuda.synchronize(device)
+            row["peak_MiB"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        del out
+        rows.append(row)
+    if "lm_ms" in rows[0]:
+        for row in rows:  # None where timing noise leaves no positive LM time to divide by
+            row["lm_speedup"] = round(rows[0]["lm_ms"] / row["lm_ms"], 2) if min(rows[0]["lm_ms"], row["lm_ms"]) > 0 else None
     tc.revert(model)
+    if new_tokens:
+        measure_generate(model, inputs, rows, new_tokens, warmup)
     return rows
+
+
+def measure_generate(model, inputs: dict, rows: list, new_tokens: int, warmup: int = 1) -> None:
+    """Adds `generate_ms` (one greedy `generate` of exactly `new_tokens` tokens, host clock after
+    synchronising) and `new_tokens` to each row of `measure`, in the row's configuration."""
+    device = model.device
+    L = inputs["input_ids"].shape[1]
+
+    def configure(r):
+        tc.apply(model, method="none" if r is None else "vidcom2", ratio=0.25 if r is None else r)
+
+    def generate():
+        with torch.no_grad():
+            return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    try:
+        if warmup:
+            configure(None)
+            generate()  # warm-up of the decoding path
+        for row in rows:
+            configure(row["ratio"])
+            sync(device)
+            t0 = time.perf_counter()
+            ids = generate()
+            sync(device)
+            row["generate_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+            row["new_tokens"] = int(ids.shape[1] - L)
+    finally:
+        tc.revert(model)
+
+
+def run(device="cpu", dtype=torch.bfloat16, repeats=2, ratios=(0.25, 0.5)):
+    model = build_model(device, dtype)
+    # 48 frames of 448x448: 24 temporal patches x 256 tokens = 6,144 video tokens
+    return measure(model, video_inputs(model.config, 48, 448, 448, device), ratios, repeats)
 
 
 def print_table(rows, device, dtype):

@@ -75,6 +75,13 @@ class PrefillStats:
         }
 
 
+def _wait_for(device: torch.device) -> None:
+    """Let queued CUDA work finish before a host clock is read: kernels run asynchronously, so
+    without this the vision encoder still running at `t0` would be counted as compression time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _token_positions(input_ids: torch.Tensor, token_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """(batch index, sequence index) of every `token_id`, row-major: the order in which the
     vision tower's features are concatenated across the batch."""
@@ -173,12 +180,14 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any]):
     inner = model.model
     cfg = model.config
 
+    _wait_for(input_ids.device)
     t_encode = time.perf_counter()
     encoded = dict(kwargs.pop("mm_encoder_outputs", None) or {})
     if encoded.get("video") is None and kwargs.get("pixel_values_videos") is not None:
         encoded["video"] = inner.get_video_features(kwargs["pixel_values_videos"], kwargs.get("video_grid_thw"), return_dict=True)
     if encoded.get("image") is None and kwargs.get("pixel_values") is not None:
         encoded["image"] = inner.get_image_features(kwargs["pixel_values"], kwargs.get("image_grid_thw"), return_dict=True)
+    _wait_for(input_ids.device)
     t0 = time.perf_counter()
     encode_ms = (t0 - t_encode) * 1e3
     vision_pos = _full_vision_positions(inner, input_ids, attention_mask, kwargs)
@@ -255,6 +264,7 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any]):
         kwargs["labels"] = gathered["labels"]
     stats.seq_len_after = int(new_mask.sum())
     stats.encode_ms = encode_ms
+    _wait_for(input_ids.device)
     stats.compress_ms = (time.perf_counter() - t0) * 1e3
     return kwargs, stats
 
