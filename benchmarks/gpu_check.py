@@ -326,10 +326,8 @@ def oracle_case(family: str, attn: str, device, dtype) -> dict:
         expected = model(**oracle).logits.float()
         naive = dict(oracle, position_ids=oracle["position_ids"][:1].expand(4, -1, -1).contiguous())
         control = model(**naive).logits.float()
-        video = oracle["mm_encoder_outputs"]["video"]
-        negated = type(video)(**dict(video.items()))
-        negated.pooler_output = tuple(-f for f in video.pooler_output)
-        features_control = model(**dict(oracle, mm_encoder_outputs={"video": negated})).logits.float()
+        negated = explicit_pruned_inputs(model, sample, 0.25, feature_map=torch.neg)
+        features_control = model(**negated).logits.float()
     tc.apply(model, "vidcom2", 0.25)
     try:
         with torch.no_grad():

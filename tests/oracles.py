@@ -9,11 +9,12 @@ from tiny_models import VIDEO
 SPECIAL = list(range(250, 256))  # image, video, vision start/end ids of the tiny vocabulary
 
 
-def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_id=VIDEO):
+def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_id=VIDEO, feature_map=None):
     """Oracle inputs for one unpadded sample, built without token_compressor.models: the kept
     video rows from `tc.select` on the model's own features, ids and features sliced, original
     3D positions sliced, text row renumbered 0..L'-1. Tensors are made on the sample's device
-    (benchmarks/gpu_check.py runs this oracle on CUDA)."""
+    (benchmarks/gpu_check.py runs this oracle on CUDA). `feature_map`, when given, transforms the
+    kept features (a control: `torch.neg` must change the logits, or the features never arrive)."""
     inner = model.model
     ids = sample["input_ids"].unsqueeze(0)
     dev = ids.device
@@ -37,7 +38,7 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
         drop = torch.ones(n, dtype=torch.bool, device=dev)
         drop[sel.keep.to(dev)] = False
         keep[video_pos[offset:offset + n][drop]] = False
-        kept_feats.append(feat[sel.keep])
+        kept_feats.append(feat[sel.keep] if feature_map is None else feature_map(feat[sel.keep]))
         kept_deep.append(sel.keep)
         offset += n
     enc.pooler_output = tuple(kept_feats)
