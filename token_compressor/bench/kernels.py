@@ -2,7 +2,8 @@
 
 Each path computes one video's VidCom² keep mask from bf16 features `[T, N, D]`:
   - `triton`: `vidcom2(..., backend="triton")` (CUDA only): three Triton passes + vectorised top-k
-  - `torch`: `vidcom2(..., backend="torch")`: the blocked torch path + the same top-k
+  - `torch`: `vidcom2(..., backend="torch")`: the blocked torch path + the same top-k, on one
+    CPU thread as `select` runs it (`kernels/threads.py`)
   - `loop`: `compressors.reference.vidcom2_reference` in bf16, the authors' formulation
     (materialised gather, normalised features, difference tensors, a top-k loop over frames)
 Interleaved runs, best of `--repeats` (`token_compressor/bench/timing.py`).
@@ -27,6 +28,7 @@ import torch
 from token_compressor.compressors.reference import vidcom2_reference
 from token_compressor.compressors.vidcom2 import vidcom2
 from token_compressor.kernels import triton_import_error
+from token_compressor.kernels.threads import selection_threads
 
 from .select_bench import synthetic_video
 from .timing import interleaved_best
@@ -80,7 +82,11 @@ def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, r
         fns = {}
         if use_triton:
             fns["triton"] = lambda: vidcom2(x, ratio, backend="triton")
-        fns["torch"] = lambda: vidcom2(x, ratio, backend="torch")
+        def torch_path():
+            with selection_threads(x.device):  # the thread policy `select` applies
+                return vidcom2(x, ratio, backend="torch")
+
+        fns["torch"] = torch_path
         fns["loop"] = lambda: vidcom2_reference(x, ratio, compute_dtype=torch.bfloat16)
         row = {"T": T, "N": N, "D": D, "dtype": "bfloat16", "input_MB": round(x.numel() * 2 / 1e6, 1)}
         if use_triton:  # both fp32 scorers must choose the same tokens on this input

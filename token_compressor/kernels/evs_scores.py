@@ -20,45 +20,49 @@ from .ranges import downscale_for_range
 COSINE_EPS = 1e-8
 # vLLM's EVS marks the first frame with this dissimilarity so that it always survives.
 FIRST_FRAME_DISSIMILARITY = 255.0
-# Rows per block (whole frames, at least one): measured on the 2-core build machine at one
-# thread, T=32 N=256 D=3584, fp32 and bf16; see benchmarks/README.md.
+# Rows per block (whole frames, at least one). Measured at one thread, T=32 N=256 D=3584, fp32
+# and bf16: 256 rows (one frame) fastest; 512-2048 rows 10-80 % slower (a block's fp32 buffers
+# leave the cache); norming in 32-128-row chunks within a block gained nothing.
 BLOCK_ROWS = 256
 
 
-def _unit_rows(rows: torch.Tensor, out: torch.Tensor, scale: float) -> bool:
-    """`out = rows * scale / max(|rows * scale|, eps)` row-wise, fp32; False if a norm overflowed."""
-    # Copied first even when already fp32: the norm and the division then read the block from
-    # cache instead of memory (measured faster than reading the input twice).
-    src = out.copy_(rows)
-    if scale != 1.0:
-        src.mul_(scale)  # a power of two: exact
-    norms = torch.linalg.vector_norm(src, dim=-1, keepdim=True)
-    if not bool(torch.isfinite(norms).all()):
-        return False
-    src.div_(norms.clamp_min_(COSINE_EPS))
-    return True
+def _unit_rows(rows: torch.Tensor, out: torch.Tensor, norms: torch.Tensor, scale: float) -> None:
+    """`out = rows * scale / max(|rows * scale|, eps)` row-wise in fp32; `norms` [rows] receives
+    the norms (before clamping), checked for overflow once per video by the caller."""
+    if rows.dtype == torch.float32 and scale == 1.0:
+        src = rows  # read in place: one pass fewer than copying it into `out` first
+    else:
+        src = out.copy_(rows)
+        if scale != 1.0:
+            src.mul_(scale)  # a power of two: exact
+    torch.linalg.vector_norm(src, dim=-1, out=norms)
+    torch.div(src, norms.clamp_min(COSINE_EPS).unsqueeze(1), out=out)
 
 
 def _dissimilarity(x: torch.Tensor, T: int, N: int, scale: float):
     """fp32 `[T, N]`, or None when a norm overflowed at this `scale`."""
     D = x.shape[1]
+    f32 = dict(dtype=torch.float32, device=x.device)
     frames = max(1, min(BLOCK_ROWS // N, T))
-    out = torch.full((T, N), FIRST_FRAME_DISSIMILARITY, dtype=torch.float32, device=x.device)
-    # unit rows of the previous block's last frame, then of this block's frames
-    unit = torch.empty((frames + 1) * N, D, dtype=torch.float32, device=x.device)
-    prod = torch.empty(frames * N, D, dtype=torch.float32, device=x.device)
-    for f0 in range(0, T, frames):
+    # unit rows of alternate blocks: a block's first frame pairs with the other buffer's last
+    units = (torch.empty(frames * N, D, **f32), torch.empty(frames * N, D, **f32))
+    prod = torch.empty(frames * N, D, **f32)
+    norms = torch.empty(T * N, **f32)
+    sims = torch.empty(T, N, **f32)
+    for k, f0 in enumerate(range(0, T, frames)):
         f1 = min(f0 + frames, T)
-        if not _unit_rows(x[f0 * N: f1 * N], unit[N: (f1 - f0 + 1) * N], scale):
-            return None
-        # pairs (f, f-1) for f in [max(f0, 1), f1): rows [first, f1 - f0) of this block
-        first = 1 if f0 == 0 else 0
-        cur = unit[(first + 1) * N: (f1 - f0 + 1) * N]
-        prev = unit[first * N: (f1 - f0) * N]
-        if cur.shape[0]:
-            p = torch.mul(cur, prev, out=prod[: cur.shape[0]])
-            out[f0 + first: f1] = 1.0 - p.view(-1, N, D).sum(dim=-1)
-        unit[:N].copy_(unit[(f1 - f0) * N: (f1 - f0 + 1) * N])
+        rows = (f1 - f0) * N
+        unit, before = units[k % 2][:rows], units[(k + 1) % 2]
+        _unit_rows(x[f0 * N: f1 * N], unit, norms[f0 * N: f1 * N], scale)
+        if f0 > 0:  # (f0, f0 - 1) across the block boundary
+            torch.sum(torch.mul(unit[:N], before[-N:], out=prod[:N]), dim=-1, out=sims[f0])
+        if rows > N:  # (f, f - 1) inside the block
+            p = torch.mul(unit[N:], unit[:-N], out=prod[: rows - N])
+            torch.sum(p.view(-1, N, D), dim=-1, out=sims[f0 + 1: f1])
+    if not bool(torch.isfinite(norms).all()):
+        return None
+    out = torch.full((T, N), FIRST_FRAME_DISSIMILARITY, **f32)
+    torch.sub(1.0, sims[1:], out=out[1:])
     return out
 
 

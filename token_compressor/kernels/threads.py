@@ -1,13 +1,14 @@
 """How many CPU threads a selection uses: one.
 
-Measured on the 2-core build machine (T=32 N=256 D=3584, VidCom² and EVS, fp32 and bf16; see
-benchmarks/README.md): every selection path is a sequence of blocked, cache-sized operations
-(hundreds per video), and with two OpenMP threads each one pays a barrier at which a thread that
-the OS has descheduled holds up the other. Two threads were slower than one at every block size
-tried (256 to 8192 rows, i.e. up to one operation per pass), by 3-10x with other work on the
-machine and never clearly faster without it. So a CPU selection runs on one thread, whatever
-torch's global setting, and puts the setting back afterwards; the model around it keeps its
-threads. GPU selections are unaffected.
+Measured on the 2-core build machine (T=32 N=256 D=3584, fp32 and bf16, 2026-12-02, load
+average ~1.5): every CPU selection path is a sequence of blocked, cache-sized operations (hundreds
+per video), and with two OpenMP threads each one pays a barrier at which a thread that the OS has
+descheduled holds up the other. VidCom²'s torch path with two threads took 505-1273 ms at every
+block size tried (256 to 8192 rows, the largest being one operation per pass) against 83-95 ms
+with one thread at 256 rows; one thread was also 2.5-5x faster than two at every larger block
+size. On a quiet machine two threads were at best ~15 % faster (33 vs 39 ms, an earlier
+recording). So a CPU selection runs on one thread, whatever torch's global setting, and puts the
+setting back afterwards; the model around it keeps its threads. GPU selections are unaffected.
 """
 from __future__ import annotations
 
