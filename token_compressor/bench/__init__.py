@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 # the arguments `make bench` runs the selection benchmark with
-MAKE_BENCH_ARGS = ["--repeats", "7"]
+MAKE_BENCH_ARGS = ["--repeats", "5"]
 
 
 def main(argv=None, with_prefill: bool = True) -> None:
