@@ -32,8 +32,8 @@ def test_interpreted_kernels():
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     summary = re.search(r"(\d+) passed", out)
-    # 1 + 12 cases x (2 score dtypes + 3 select dtypes) + 1 + 2 + 1; nothing skipped or lost
-    assert summary and int(summary.group(1)) == 65 and "skipped" not in out, out[-3000:]
+    # 1 + 12 cases x (2 score dtypes + 3 select dtypes) + 1 + 2 + 1 + 1; nothing skipped or lost
+    assert summary and int(summary.group(1)) == 66 and "skipped" not in out, out[-3000:]
 
 
 def test_kernels_compile_for_sm90():

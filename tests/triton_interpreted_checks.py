@@ -123,3 +123,16 @@ def test_channel_variance_survives_large_means():
     for tiles in (SMALL_TILES, Tiles(8, 64, 8, 8, 64), Tiles(64, 64, 64, 8, 64)):
         got = channel_variance_triton(x, tiles).double()
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=0)
+
+
+def test_huge_features_score_as_unscaled():
+    # issue #16 H12: |x| ~ 1.8e19 overflows fp32 sums of squares; the kernels then score a
+    # power-of-two-rescaled copy, which VidCom² is exactly invariant to
+    case = load_case(CASES[0])
+    x = case["x32"].view(case["T"], case["N"], case["D"])
+    ref = vidcom2_scores_triton(x)
+    for huge in (x * 2.0**64, (x * 2.0**64).to(torch.bfloat16)):
+        got = vidcom2_scores_triton(huge)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    sel = tc.select((x * 1e19).reshape(-1, case["D"]), case["T"], case["ratio"], backend="triton")
+    assert np.array_equal(sel.keep.numpy(), case["global_idx"])

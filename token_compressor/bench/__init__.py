@@ -1,7 +1,7 @@
 """Benchmarks that need no model weights, shipped with the package so that the installed
 `token-compressor bench` runs the same code as `make bench` (`python -m benchmarks` in a checkout).
 
-    select_bench   selection speed and exactness: `select` vs a straightforward VidCom²
+    select_bench   selection speed and exactness: `select` vs each method's straightforward formulation
     kernels        scoring kernels: Triton (GPU) / torch / loop formulation, bandwidth vs peak
     prefill        end to end: a realistic-width random Qwen2.5-VL, prefill full vs compressed
     retention      which share of a planted event each compressor keeps (raw pixel features)
@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 # the arguments `make bench` runs the selection benchmark with
-MAKE_BENCH_ARGS = ["--repeats", "15"]
+MAKE_BENCH_ARGS = ["--repeats", "5"]
 
 
 def main(argv=None, with_prefill: bool = True) -> None:

@@ -2,7 +2,8 @@
 
 Each path computes one video's VidCom² keep mask from bf16 features `[T, N, D]`:
   - `triton`: `vidcom2(..., backend="triton")` (CUDA only): three Triton passes + vectorised top-k
-  - `torch`: `vidcom2(..., backend="torch")`: the blocked torch path + the same top-k
+  - `torch`: `vidcom2(..., backend="torch")`: the blocked torch path + the same top-k, on one
+    CPU thread as `select` runs it (`kernels/threads.py`)
   - `loop`: `compressors.reference.vidcom2_reference` in bf16, the authors' formulation
     (materialised gather, normalised features, difference tensors, a top-k loop over frames)
 Interleaved runs (`token_compressor/bench/timing.py`): on CUDA the median of `--repeats`, timed
@@ -29,6 +30,7 @@ import torch
 from token_compressor.compressors.reference import vidcom2_reference
 from token_compressor.compressors.vidcom2 import vidcom2
 from token_compressor.kernels import resolve_backend
+from token_compressor.kernels.threads import selection_threads
 
 from .select_bench import synthetic_video
 from .timing import device_median_ms, interleaved_best
@@ -106,7 +108,12 @@ def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, r
         fns = {}
         if use_triton:
             fns["triton"] = lambda v: vidcom2(v, ratio, backend="triton")
-        fns["torch"] = lambda v: vidcom2(v, ratio, backend="torch")
+
+        def torch_path(v):
+            with selection_threads(v.device):  # the thread policy `select` applies
+                return vidcom2(v, ratio, backend="torch")
+
+        fns["torch"] = torch_path
         fns["loop"] = lambda v: vidcom2_reference(v, ratio, compute_dtype=torch.bfloat16)
         row = {"T": T, "N": N, "D": D, "dtype": "bfloat16", "input_MB": round(x.numel() * 2 / 1e6, 1)}
         if use_triton:  # both fp32 scorers must choose the same tokens on this input

@@ -53,6 +53,6 @@ def register(sub) -> None:
     p.add_argument("--videos", type=int, default=5, help="--retention: synthetic videos to average over (default 5)")
     p.add_argument("--selection-only", action="store_true",
                    help="skip the end-to-end prefill benchmark (a random-weight Qwen2.5-VL, ~1 min on CPU)")
-    p.add_argument("--repeats", type=int, default=None, help="selection benchmark: timing rounds (default as make bench: 15)")
+    p.add_argument("--repeats", type=int, default=None, help="selection benchmark: timing rounds (default as make bench: 5)")
     p.add_argument("--json", metavar="FILE", help="also write the rows to this JSON file")
     p.set_defaults(func=run)

@@ -8,14 +8,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..kernels import vidcom2_scores
+from ..kernels.evs_scores import FIRST_FRAME_DISSIMILARITY as EVS_FIRST_FRAME_DISSIMILARITY
+from ..kernels.evs_scores import evs_dissimilarity_torch
 from ..registry import register_compressor
 from .vidcom2 import keep_lowest_per_frame
-
-# vLLM's EVS marks the first frame with this dissimilarity so that it always survives.
-EVS_FIRST_FRAME_DISSIMILARITY = 255.0
 
 
 def uniform_budget(num_frames: int, tokens_per_frame: int, ratio: float, device=None) -> torch.Tensor:
@@ -60,13 +58,11 @@ def evs_retained_count(tokens_per_frame: int, num_frames: int, ratio: float) -> 
 def evs(features: torch.Tensor, ratio: float) -> torch.Tensor:
     """vLLM's Efficient Video Sampling: rank all tokens by cosine dissimilarity to the token at
     the same spatial position in the previous frame (the first frame always kept), one stable
-    descending sort over all T*N tokens, keep the first `evs_retained_count`. Scored in fp32."""
+    descending sort over all T*N tokens, keep the first `evs_retained_count`. Scored in fp32
+    block by block (`kernels/evs_scores.py`): the selection is vLLM's on the fp32 input."""
     T, N, _ = features.shape
-    x = features.float()
-    dissim = torch.full((T, N), EVS_FIRST_FRAME_DISSIMILARITY, device=x.device)
-    if T > 1:
-        dissim[1:] = 1.0 - F.cosine_similarity(x[1:], x[:-1], dim=-1)
+    dissim = evs_dissimilarity_torch(features)
     order = torch.argsort(dissim.reshape(-1), descending=True, stable=True)
-    mask = torch.zeros(T * N, dtype=torch.bool, device=x.device)
+    mask = torch.zeros(T * N, dtype=torch.bool, device=features.device)
     mask[order[: evs_retained_count(N, T, ratio)]] = True
     return mask.view(T, N)

@@ -1,6 +1,10 @@
-"""A straightforward formulation of VidCom², the way its authors wrote it: a materialised channel
-gather, materialised normalised features and difference tensors, and a loop over frames for the
-top-k. Slow on purpose; it is the readable oracle the fast path is tested and benchmarked against.
+"""Straightforward formulations, the way the methods' authors wrote them. Slow on purpose: they
+are the readable oracles the fast paths are tested and benchmarked against.
+
+- VidCom²: a materialised channel gather, materialised normalised features and difference
+  tensors, and a loop over frames for the top-k.
+- EVS: vLLM's formulation on the fp32 input: a whole-video fp32 copy, `F.cosine_similarity`
+  between consecutive frames, one stable descending sort.
 """
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels.torch_scores import SCALES
+from .baselines import EVS_FIRST_FRAME_DISSIMILARITY, evs_retained_count
 from .vidcom2 import TEMPERATURE
 
 
@@ -40,3 +45,16 @@ def vidcom2_reference(features: torch.Tensor, ratio: float, compute_dtype=torch.
         budgets.append(k)
     keep = torch.sort(torch.cat(keep)).values
     return keep, torch.tensor(budgets), s_video.float(), s_frame.float()
+
+
+def evs_reference(features: torch.Tensor, ratio: float):
+    """features `[T, N, D]` -> (keep int64 `[K]` ascending, dissimilarity fp32 `[T, N]`), as
+    vLLM's EVS computes them from the fp32 upcast of `features`."""
+    T, N, _ = features.shape
+    x = features.float()
+    dissim = torch.full((T, N), EVS_FIRST_FRAME_DISSIMILARITY, dtype=torch.float32, device=x.device)
+    if T > 1:
+        dissim[1:] = 1 - F.cosine_similarity(x[1:], x[:-1], dim=-1)
+    order = torch.argsort(dissim.reshape(-1), descending=True, stable=True)
+    keep = torch.sort(order[: evs_retained_count(N, T, ratio)]).values
+    return keep, dissim

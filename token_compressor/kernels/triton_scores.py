@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .ranges import downscale_for_range
 from .torch_scores import EPS
 
 # The interpreter refuses blocks of more than 2**20 elements.
@@ -244,12 +245,25 @@ def vidcom2_scores_triton(features: torch.Tensor, tiles: Optional[Tiles] = None)
 
     if dev.type == "cuda":  # Triton launches on the current device, which may not be x's
         with torch.cuda.device(dev):
-            return _scores(x, T, N, D, tiles)
-    return _scores(x, T, N, D, tiles)
+            return _in_range_scores(x, T, N, D, tiles)
+    return _in_range_scores(x, T, N, D, tiles)
 
 
-def _scores(x: torch.Tensor, T: int, N: int, D: int, tiles: Tiles) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The three passes on `x` `[T*N, D]` (unit column stride) -> fp32 `[T, N]` twice. Host-side
+def _in_range_scores(x: torch.Tensor, T: int, N: int, D: int, tiles: Tiles) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`_scores`, again on a power-of-two-rescaled copy when fp32 sums of squares overflowed
+    (finite features of magnitude ~1e19; see `ranges.py`). Checking costs one synchronisation."""
+    s_video, s_frame, in_range = _scores(x, T, N, D, tiles)
+    if bool(in_range):
+        return s_video, s_frame
+    s_video, s_frame, in_range = _scores(x * downscale_for_range(x), T, N, D, tiles)
+    if not bool(in_range):
+        raise RuntimeError("VidCom² scores overflow even after rescaling the features; please report this")
+    return s_video, s_frame
+
+
+def _scores(x: torch.Tensor, T: int, N: int, D: int, tiles: Tiles):
+    """The three passes on `x` `[T*N, D]` (unit column stride) -> fp32 `[T, N]` twice, and a bool
+    tensor: False when a channel variance or a squared row norm overflowed fp32. Host-side
     work is on `[D]`- and `[T, D]`-sized tensors only, with no synchronisation."""
     dev = x.device
     var = channel_variance_triton(x, tiles)
@@ -276,7 +290,7 @@ def _scores(x: torch.Tensor, T: int, N: int, D: int, tiles: Tiles) -> Tuple[torc
         frame_centres.square().sum(1), sq, inv, s_video, s_frame, N, D, x.stride(0),
         BLOCK_M=tiles.rows, BLOCK_D=tiles.cols, num_warps=tiles.num_warps,
     )
-    return s_video, s_frame
+    return s_video, s_frame, torch.isfinite(var).all() & torch.isfinite(sq).all()
 
 
 def kernels_are_interpreted() -> bool:

@@ -1,0 +1,36 @@
+"""How many CPU threads a selection uses: one.
+
+Measured on the 2-core build machine (T=32 N=256 D=3584, fp32 and bf16, 2026-12-02, load
+average ~1.5): every CPU selection path is a sequence of blocked, cache-sized operations (hundreds
+per video), and with two OpenMP threads each one pays a barrier at which a thread that the OS has
+descheduled holds up the other. VidCom²'s torch path with two threads took 505-1273 ms at every
+block size tried (256 to 8192 rows, the largest being one operation per pass) against 83-95 ms
+with one thread at 256 rows; one thread was also 2.5-5x faster than two at every larger block
+size. On a quiet machine two threads were at best ~15 % faster (33 vs 39 ms, an earlier
+recording). So a CPU selection runs on one thread, whatever torch's global setting, and puts the
+setting back afterwards; the model around it keeps its threads. GPU selections are unaffected.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+SELECTION_THREADS = 1
+
+
+@contextmanager
+def selection_threads(device: torch.device):
+    """Within the block, torch uses `SELECTION_THREADS` CPU threads when `device` is the CPU
+    (never more than it was set to); the previous count is restored on exit. Process-wide, like
+    `torch.set_num_threads` itself."""
+    before = torch.get_num_threads()
+    n = min(SELECTION_THREADS, before)
+    if torch.device(device).type != "cpu" or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
