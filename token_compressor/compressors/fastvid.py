@@ -222,7 +222,6 @@ def _merge_context(x, seg, salient, context, cfi, beta):
     T, N, D = x.shape
     dev = x.device
     F_ = cfi.numel()
-    xn = F.normalize(x, dim=-1)
     cti, cni = context.nonzero(as_tuple=True)  # row-major: grouped by frame, ascending position
     Kc = cti.numel()
     # slot of each context frame inside its segment, and of each context token inside its frame
@@ -243,15 +242,19 @@ def _merge_context(x, seg, salient, context, cfi, beta):
     table = torch.full((n_seg, Q, Cmax), -1, dtype=torch.long, device=dev)
     table[seg_cf[cf_of_tok], slot_of_cf[cf_of_tok], tok_in_cf] = torch.arange(Kc, device=dev)
 
-    # frames of segments that have context frames, each scored against its segment's table
+    # frames of segments that have context frames, each scored against its segment's table.
+    # The merge tokens are not normalised: dividing a row of cosines by a positive number
+    # (its norm) leaves its argmax unchanged, and saves a pass over the whole video.
     has_ctx = torch.zeros(n_seg, dtype=torch.bool, device=dev)
     has_ctx[seg_cf] = True
     frames = has_ctx[seg].nonzero().flatten()  # [Tf]
-    tab = table[seg[frames]].view(frames.numel(), Q * Cmax)  # [Tf, Q*Cmax]
-    ctx_n = xn[cti, cni]  # [Kc, D]
+    Tf = frames.numel()
+    tab = table[seg[frames]].view(Tf, Q * Cmax)  # [Tf, Q*Cmax]
+    ctx_n = F.normalize(x[cti, cni], dim=-1)  # [Kc, D]
     targets = ctx_n[tab.clamp(min=0)]  # [Tf, Q*Cmax, D]
-    sim = torch.bmm(xn[frames], targets.transpose(1, 2)).view(frames.numel(), N, Q, Cmax)
-    sim = sim.masked_fill((tab < 0).view(frames.numel(), 1, Q, Cmax), float("-inf"))
+    xs = x if Tf == T else x[frames]
+    sim = torch.bmm(xs, targets.transpose(1, 2)).view(Tf, N, Q, Cmax)
+    sim = sim.masked_fill((tab < 0).view(Tf, 1, Q, Cmax), float("-inf"))
     best = sim.argmax(-1)  # [Tf, N, Q], first maximum
     target = torch.gather(tab.view(-1, 1, Q, Cmax).expand(-1, N, -1, -1), 3, best.unsqueeze(-1)).squeeze(-1)
     # a token merges into slot q unless it is salient, slot q does not exist, or it is one of
@@ -261,10 +264,15 @@ def _merge_context(x, seg, salient, context, cfi, beta):
     own_slot[cfi] = slot_of_cf
     own = context[frames].unsqueeze(-1) & (own_slot[frames].view(-1, 1, 1) == torch.arange(Q, device=dev))
     ok &= ~own
-    src = x[frames].unsqueeze(2).expand(-1, -1, Q, -1)[ok]  # [P, D]
+    # sums as one sparse (one-hot) product: no gathered copy of the merge rows, and faster
+    # than index_add_ on CPU
+    ti, ni, _ = ok.nonzero(as_tuple=True)
     dst = target[ok]
-    acc = x.new_zeros(Kc, D).index_add_(0, dst, src)
-    cnt = torch.zeros(Kc, device=dev).index_add_(0, dst, torch.ones(dst.numel(), device=dev)).unsqueeze(1)
+    src = frames[ti] * N + ni
+    ones = torch.ones(dst.numel(), dtype=x.dtype, device=dev)
+    assign = torch.sparse_coo_tensor(torch.stack([dst, src]), ones, (Kc, T * N), check_invariants=False)
+    acc = torch.sparse.mm(assign, x.reshape(T * N, D))
+    cnt = torch.bincount(dst, minlength=Kc).to(x.dtype).unsqueeze(1)
     w = (1.0 / (cnt + 1)).clamp(min=beta)
     own_rows = x[cti, cni]
     return w * own_rows + (1 - w) * acc / cnt.clamp(min=1)

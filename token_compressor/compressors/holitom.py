@@ -53,17 +53,25 @@ def check_features(features: torch.Tensor, method: str) -> None:
         raise ValueError(f"{method}: features must have T, N, D >= 1, got shape {tuple(features.shape)}")
 
 
-def static_run_lengths(x: torch.Tensor, t: float) -> torch.Tensor:
-    """int64 `[T-1, N]`: `run[s, i]` = number of consecutive frame pairs (s, s+1), (s+1, s+2), ...
-    in which token i's cosine similarity to the same position in the next frame is `> t`.
+def next_frame_cosine(x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """fp32 `[T-1, N]`: cosine similarity of token i of frame t to token i of frame t+1.
 
-    The similarity is of the L2-normalised features (the authors normalise, then take the cosine).
+    Args: x fp32 `[T, N, D]`; norms `[T, N]` its row norms. One batched dot product and the
+    norms (the authors normalise, then take the cosine: the same value to ~1e-7, without two
+    normalised copies of the video). Zero rows have similarity 0, as theirs.
     """
-    T = x.shape[0]
-    xn = F.normalize(x, dim=-1)
-    above = F.cosine_similarity(xn[:-1], xn[1:], dim=-1) > t  # [T-1, N]
-    idx = torch.arange(T - 1, device=x.device).unsqueeze(1)
-    first_below = torch.where(above, torch.full_like(idx, T - 1), idx)
+    T, N, D = x.shape
+    dots = torch.bmm(x[:-1].reshape(-1, 1, D), x[1:].reshape(-1, D, 1)).view(T - 1, N)
+    n = norms.clamp_min(1e-12)
+    return dots / (n[:-1] * n[1:])
+
+
+def static_run_lengths(cos: torch.Tensor, t: float) -> torch.Tensor:
+    """int64 `[T-1, N]`: `run[s, i]` = number of consecutive frame pairs (s, s+1), (s+1, s+2), ...
+    in which token i's cosine similarity `cos` `[T-1, N]` to the next frame is `> t`."""
+    above = cos > t
+    idx = torch.arange(cos.shape[0], device=cos.device).unsqueeze(1)
+    first_below = torch.where(above, torch.full_like(idx, cos.shape[0]), idx)
     next_below = torch.cummin(first_below.flip(0), dim=0).values.flip(0)
     return next_below - idx
 
@@ -182,7 +190,11 @@ def holitom(
     T, N, D = features.shape
     dev = features.device
     x = features.float()
-    run = static_run_lengths(x, float(t)) if T > 1 else torch.zeros(0, N, dtype=torch.long, device=dev)
+    norms = x.norm(dim=-1)  # [T, N]
+    if T > 1:
+        run = static_run_lengths(next_frame_cosine(x, norms), float(t))
+    else:
+        run = torch.zeros(0, N, dtype=torch.long, device=dev)
     windows, reduced = select_windows(run, T, int(max_window_size))
     adj = adjusted_ratio(r, T * N, reduced)
 
@@ -201,27 +213,33 @@ def holitom(
 
     # dynamic tokens: the ceil(n_dynamic * adj) largest norms of each frame
     dyn_budget = torch.tensor([math.ceil((N - ns) * adj) for ns in n_static], device=dev)[win_of_frame]
-    norms = x.norm(dim=-1).masked_fill(static_tn, float("-inf"))
-    dynamic = _rank_mask(norms, dyn_budget) & ~static_tn  # [T, N]
+    dynamic = _rank_mask(norms.masked_fill(static_tn, float("-inf")), dyn_budget) & ~static_tn  # [T, N]
 
     # static tokens: window means, DPC-kNN clusters, each centre 0.6*itself + 0.4*mean(members)
     clusters = [round(ns * adj) for ns in n_static]  # Python round: half to even, as theirs
     todo = [w for w in range(W) if clusters[w] > 0]
-    centre_tn = torch.zeros(T, N, dtype=torch.bool, device=dev)  # at (window start, position)
-    centre_rows = x.new_zeros(T, N, D)
+    c_frame = c_tok = merged = None
     if todo:
         sel = torch.tensor(todo, device=dev)
         B = len(todo)
-        # window means (sum over the window's frames in order, then / frames)
-        sums = x.new_zeros(W, N, D).index_add_(0, win_of_frame, x)[sel]
-        means = sums / lengths[sel].view(B, 1, 1).to(x.dtype)
         valid = static_w[sel]
         # pack each window's static tokens to the front, ascending position
         M = max(n_static[w] for w in todo)
         pos = torch.sort(torch.where(valid, torch.arange(N, device=dev), N), dim=1).values[:, :M]
         packed_valid = pos < N
         pos_c = pos.clamp(max=N - 1)
-        pts = torch.gather(means, 1, pos_c.unsqueeze(-1).expand(B, M, D))
+        # window means as one sparse product (sum over the window's frames in time order, then
+        # / frames): no copy of the window's rows
+        Lw = lengths[sel]
+        Lmax = int(Lw.max())
+        frame = starts[sel].view(B, 1, 1) + torch.arange(Lmax, device=dev).view(1, Lmax, 1)
+        take = (torch.arange(Lmax, device=dev).view(1, Lmax, 1) < Lw.view(B, 1, 1)) & packed_valid.unsqueeze(1)
+        out_row = (torch.arange(B, device=dev).view(B, 1, 1) * M + torch.arange(M, device=dev).view(1, 1, M))
+        col = frame * N + pos_c.unsqueeze(1)
+        idx = torch.stack([out_row.expand(B, Lmax, M)[take], col[take]])
+        ones = torch.ones(idx.shape[1], dtype=x.dtype, device=dev)
+        window_sum = torch.sparse_coo_tensor(idx, ones, (B * M, T * N), check_invariants=False)
+        pts = torch.sparse.mm(window_sum, x.reshape(T * N, D)).view(B, M, D) / Lw.view(B, 1, 1).to(x.dtype)
         n_c = torch.tensor([clusters[w] for w in todo], device=dev)
         k_w = n_c.clamp(max=int(k))
         noise = None
@@ -233,30 +251,33 @@ def holitom(
         member = packed_valid & ~is_centre
         flat = (torch.arange(B, device=dev).unsqueeze(1) * M + to_centre)[member]
         acc = pts.new_zeros(B * M, D).index_add_(0, flat, pts[member])
-        cnt = torch.zeros(B * M, device=dev).index_add_(0, flat, torch.ones(flat.numel(), device=dev))
-        cnt = cnt.view(B, M, 1)
-        mean_members = acc.view(B, M, D) / cnt.clamp(min=1)
-        merged_pts = torch.where(cnt > 0, beta * pts + (1 - beta) * mean_members, pts)
+        cnt = torch.bincount(flat, minlength=B * M).to(x.dtype).view(B, M, 1)
         bi, mi = is_centre.nonzero(as_tuple=True)
-        frame = starts[sel][bi]
-        tok = pos_c[bi, mi]
-        centre_tn[frame, tok] = True
-        centre_rows[frame, tok] = merged_pts[bi, mi]
+        c_cnt = cnt[bi, mi]
+        c_pts = pts[bi, mi]
+        merged = torch.where(c_cnt > 0, beta * c_pts + (1 - beta) * acc.view(B, M, D)[bi, mi] / c_cnt.clamp(min=1), c_pts)
+        c_frame = starts[sel][bi]  # a cluster sits at its centre's position in the window's first frame
+        c_tok = pos_c[bi, mi]
 
-    # authors' row order: per window, its static rows by position, then its dynamic rows frame by
-    # frame. Key: static (start s, i) -> 2sN + i; dynamic (t, i) -> 2tN + N + i.
-    out_tn = centre_tn | dynamic
-    ti, ni = out_tn.nonzero(as_tuple=True)
-    rows = torch.where(centre_tn[ti, ni].unsqueeze(1), centre_rows[ti, ni].to(features.dtype), features[ti, ni])
-    K = ti.numel()
+    dt, dn = dynamic.nonzero(as_tuple=True)
+    rows = features[dt, dn]
+    is_static = torch.zeros(dt.numel(), dtype=torch.bool, device=dev)
+    if merged is not None:
+        dt, dn = torch.cat([dt, c_frame]), torch.cat([dn, c_tok])
+        rows = torch.cat([rows, merged.to(features.dtype)])
+        is_static = torch.cat([is_static, torch.ones(c_tok.numel(), dtype=torch.bool, device=dev)])
+    K = dt.numel()
     if K == 0:
         mask = torch.zeros(T, N, dtype=torch.bool, device=dev)
         mask[0, 0] = True
         return mask, features[0, :1].clone()
-    if positions == "centres":
-        return out_tn, rows
-    key = 2 * ti * N + ni + torch.where(centre_tn[ti, ni], 0, N)
-    rows = rows[torch.argsort(key)]
     mask = torch.zeros(T * N, dtype=torch.bool, device=dev)
+    if positions == "centres":
+        where = dt * N + dn
+        mask[where] = True
+        return mask.view(T, N), rows[torch.argsort(where)]
+    # authors' row order: per window, its static rows by position, then its dynamic rows frame by
+    # frame. Key: static (start s, i) -> 2sN + i; dynamic (t, i) -> 2tN + N + i.
+    key = 2 * dt * N + dn + torch.where(is_static, 0, N)
     mask[torch.linspace(0, T * N - 1, K, dtype=torch.long, device=dev)] = True
-    return mask.view(T, N), rows
+    return mask.view(T, N), rows[torch.argsort(key)]
