@@ -307,3 +307,16 @@ def test_output_contract(method, T, N, D, ratio, seed, static, dtype):
         assert bool(((rows.float() >= lo - 1e-3) & (rows.float() <= hi + 1e-3)).all())
     again = METHODS[method](x, ratio)
     assert torch.equal(again[0], mask) and torch.equal(again[1], rows)
+
+
+@pytest.mark.parametrize("frames_per_block", [1, 3])
+def test_half_input_in_blocks_of_frames_behaves_as_fp32(case, frames_per_block, monkeypatch):
+    # half-precision videos are converted a few frames at a time; block edges change nothing
+    from token_compressor.compressors import blocks
+
+    fn = METHODS[case["method"]]
+    mask_up, rows_up = fn(case["x32"], case["ratio"])
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", frames_per_block * case["N"] * case["D"] * 4)
+    mask, rows = fn(case["xbf16"], case["ratio"])
+    assert torch.equal(mask, mask_up)
+    assert torch.equal(rows, rows_up.to(torch.bfloat16))

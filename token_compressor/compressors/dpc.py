@@ -49,14 +49,19 @@ def dpc_knn(
     Returns:
         (centre mask bool `[B, M]`, dist fp32 `[B, M, M]` with `inf` at pairs involving padding).
 
-    `dist = cdist(x, x) / sqrt(D)`; `density_i = exp(-mean of the k smallest dist_ij^2)` (the
+    `dist = ||x_i - x_j|| / sqrt(D)`; `density_i = exp(-mean of the k smallest dist_ij^2)` (the
     point itself, at distance ~0, included) `+ jitter_i`; `delta_i` = distance to the nearest
     strictly denser point, or the largest distance in the set if none is denser;
     centres = the `n_centres` largest `delta * density`. Ties go to the lower index.
     """
     B, M, D = x.shape
     dev = x.device
-    dist = torch.cdist(x, x) / D**0.5
+    # Euclidean distances from the Gram matrix (as torch.cdist does for sets over 25 rows),
+    # without cdist's concatenated copies; a point's distance to itself is exactly 0
+    sq = torch.linalg.vector_norm(x, dim=-1).square()
+    d2 = (sq.unsqueeze(2) + sq.unsqueeze(1)).sub_(torch.bmm(x, x.transpose(1, 2)), alpha=2).clamp_min_(0)
+    dist = d2.sqrt_().div_(D**0.5)
+    dist.diagonal(dim1=1, dim2=2).zero_()
     pair = valid.unsqueeze(2) & valid.unsqueeze(1)
     dist = dist.masked_fill(~pair, float("inf"))
     kmax = int(k.max()) if B else 1

@@ -30,28 +30,29 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register_compressor
+from .blocks import fp32_blocks
 from .dpc import dpc_knn, jitter_draws, pad_jitter
 from .holitom import _rank_mask, check_features, check_ratio
 
 DPC_K = 4  # neighbours in the context tokens' density (fixed in the authors' code)
 
 
-def segment_ids(x: torch.Tensor, c: int, tau: float, ignore: float):
-    """DySeg on fp32 features `[T, N, D]`.
+def segment_ids(frame_means: torch.Tensor, c: int, tau: float, ignore: float):
+    """DySeg on the fp32 frame means `[T, D]` (mean over each frame's tokens).
 
     Returns (segment id int64 `[T]`, inner-run id int64 `[T]`, frame similarity fp32 `[T-1]`):
     a segment ends after frame t when `sim[t]` is among the `min(c-1, T-1)` smallest or
     `< tau`; inside segments a run ends where `sim[t] < ignore`. Ids count up from 0 in time.
     """
-    T = x.shape[0]
-    g = F.normalize(x.mean(dim=1), dim=-1)
+    T = frame_means.shape[0]
+    g = F.normalize(frame_means, dim=-1)
     sim = (g[:-1] * g[1:]).sum(-1)
     cut = sim < tau
     n_low = min(c - 1, T - 1)
     if n_low > 0:
         cut[torch.topk(sim, n_low, largest=False).indices] = True
     inner_cut = cut | (sim < ignore)
-    zero = torch.zeros(1, dtype=torch.long, device=x.device)
+    zero = torch.zeros(1, dtype=torch.long, device=frame_means.device)
     seg = torch.cat([zero, cut.long().cumsum(0)])
     inner = torch.cat([zero, inner_cut.long().cumsum(0)])
     return seg, inner, sim
@@ -159,9 +160,12 @@ def fastvid(
     dev = features.device
     if r >= 1.0:
         return torch.ones(T, N, dtype=torch.bool, device=dev), features.reshape(T * N, D).clone()
-    x = features.float()
-    norms = x.norm(dim=-1)  # [T, N]
-    seg, inner, _ = segment_ids(x, int(dyseg_c), float(dyseg_tau), float(dyseg_ignore))
+    norms = torch.empty(T, N, device=dev)
+    means = torch.empty(T, D, device=dev)
+    for t0, t1, x in fp32_blocks(features):
+        norms[t0:t1] = torch.linalg.vector_norm(x, dim=-1)
+        means[t0:t1] = x.mean(dim=1)
+    seg, inner, _ = segment_ids(means, int(dyseg_c), float(dyseg_tau), float(dyseg_ignore))
     sal_n, ctx_n, seg_budget = frame_budgets(seg, inner, N, r, float(stprune_d), int(dtm_p))
     seg = seg.to(dev)
     salient = _rank_mask(norms, sal_n.to(dev))  # [T, N]
@@ -179,7 +183,6 @@ def fastvid(
     context = torch.zeros(T, N, dtype=torch.bool, device=dev)
     merged_rows = None
     if cf:
-        F_ = len(cf)
         cfi = torch.tensor(cf, device=dev)
         rest = ~salient[cfi]  # [F, N]
         n_rest = rest.sum(1)
@@ -187,7 +190,7 @@ def fastvid(
         pos = torch.sort(torch.where(rest, torch.arange(N, device=dev), N), dim=1).values[:, :M]
         valid = pos < N
         pos_c = pos.clamp(max=N - 1)
-        pts = x[cfi.unsqueeze(1), pos_c]  # [F, M, D]
+        pts = features[cfi.unsqueeze(1), pos_c].float()  # [F, M, D]
         n_c = torch.minimum(ctx_n[cf].to(dev), n_rest)
         k_f = n_rest.clamp(max=DPC_K, min=1)
         noise = None
@@ -196,7 +199,7 @@ def fastvid(
         is_centre, _ = dpc_knn(pts, valid, n_c, k_f, noise)
         fi, mi = is_centre.nonzero(as_tuple=True)
         context[cfi[fi], pos_c[fi, mi]] = True
-        merged_rows = _merge_context(x, seg, salient, context, cfi, float(dtm_beta))
+        merged_rows = _merge_context(features, seg, salient, context, cfi, float(dtm_beta))
 
     mask = salient | context
     ti, ni = mask.nonzero(as_tuple=True)
@@ -208,7 +211,7 @@ def fastvid(
     return mask, rows
 
 
-def _merge_context(x, seg, salient, context, cfi, beta):
+def _merge_context(features, seg, salient, context, cfi, beta):
     """DTM for every context frame at once.
 
     For context frame f of segment g, every token of g that is neither salient (in any frame of
@@ -216,11 +219,12 @@ def _merge_context(x, seg, salient, context, cfi, beta):
     maximum); context token j becomes `w*x_j + (1-w)*sum/max(cnt, 1)`, `w = max(1/(cnt+1), beta)`,
     from the original features (other frames' context tokens join as they were).
 
-    Args: x fp32 `[T, N, D]`; seg int64 `[T]`; salient, context bool `[T, N]`; cfi int64 `[F]`
-    the context frames ascending. Returns fp32 `[Kc, D]`, the context rows in row-major order.
+    Args: features `[T, N, D]` (any float dtype; computed in fp32); seg int64 `[T]`; salient,
+    context bool `[T, N]`; cfi int64 `[F]` the context frames ascending.
+    Returns fp32 `[Kc, D]`, the context rows in row-major order.
     """
-    T, N, D = x.shape
-    dev = x.device
+    T, N, D = features.shape
+    dev = features.device
     F_ = cfi.numel()
     cti, cni = context.nonzero(as_tuple=True)  # row-major: grouped by frame, ascending position
     Kc = cti.numel()
@@ -241,38 +245,40 @@ def _merge_context(x, seg, salient, context, cfi, beta):
     n_seg = int(seg.max()) + 1
     table = torch.full((n_seg, Q, Cmax), -1, dtype=torch.long, device=dev)
     table[seg_cf[cf_of_tok], slot_of_cf[cf_of_tok], tok_in_cf] = torch.arange(Kc, device=dev)
-
-    # frames of segments that have context frames, each scored against its segment's table.
-    # The merge tokens are not normalised: dividing a row of cosines by a positive number
-    # (its norm) leaves its argmax unchanged, and saves a pass over the whole video.
-    has_ctx = torch.zeros(n_seg, dtype=torch.bool, device=dev)
-    has_ctx[seg_cf] = True
-    frames = has_ctx[seg].nonzero().flatten()  # [Tf]
-    Tf = frames.numel()
-    tab = table[seg[frames]].view(Tf, Q * Cmax)  # [Tf, Q*Cmax]
-    ctx_n = F.normalize(x[cti, cni], dim=-1)  # [Kc, D]
-    targets = ctx_n[tab.clamp(min=0)]  # [Tf, Q*Cmax, D]
-    xs = x if Tf == T else x[frames]
-    sim = torch.bmm(xs, targets.transpose(1, 2)).view(Tf, N, Q, Cmax)
-    sim = sim.masked_fill((tab < 0).view(Tf, 1, Q, Cmax), float("-inf"))
-    best = sim.argmax(-1)  # [Tf, N, Q], first maximum
-    target = torch.gather(tab.view(-1, 1, Q, Cmax).expand(-1, N, -1, -1), 3, best.unsqueeze(-1)).squeeze(-1)
-    # a token merges into slot q unless it is salient, slot q does not exist, or it is one of
-    # slot q's own context tokens
-    ok = (target >= 0) & ~salient[frames].unsqueeze(-1)
+    tab = table[seg].view(T, Q * Cmax)  # every frame's segment's table
     own_slot = torch.full((T,), -1, dtype=torch.long, device=dev)
     own_slot[cfi] = slot_of_cf
-    own = context[frames].unsqueeze(-1) & (own_slot[frames].view(-1, 1, 1) == torch.arange(Q, device=dev))
-    ok &= ~own
-    # sums as one sparse (one-hot) product: no gathered copy of the merge rows, and faster
-    # than index_add_ on CPU
-    ti, ni, _ = ok.nonzero(as_tuple=True)
-    dst = target[ok]
-    src = frames[ti] * N + ni
-    ones = torch.ones(dst.numel(), dtype=x.dtype, device=dev)
-    assign = torch.sparse_coo_tensor(torch.stack([dst, src]), ones, (Kc, T * N), check_invariants=False)
-    acc = torch.sparse.mm(assign, x.reshape(T * N, D))
-    cnt = torch.bincount(dst, minlength=Kc).to(x.dtype).unsqueeze(1)
+    # a token merges into slot q unless it is salient, slot q does not exist, or it is one of
+    # slot q's own context tokens
+    may = ~salient.unsqueeze(-1) & ~(context.unsqueeze(-1) & (own_slot.view(T, 1, 1) == torch.arange(Q, device=dev)))
+
+    own_rows = features[cti, cni].float()
+    ctx_n = F.normalize(own_rows, dim=-1)  # [Kc, D]
+    acc = torch.zeros(Kc, D, device=dev)
+    cnt = torch.zeros(Kc, dtype=torch.long, device=dev)
+    for t0, t1, x in fp32_blocks(features):
+        # the block's frames in segments with context, scored against their segment's table.
+        # The merge tokens are not normalised: dividing a row of cosines by a positive number
+        # (its norm) leaves its argmax unchanged.
+        fr = (tab[t0:t1] >= 0).any(1).nonzero().flatten()  # block-local frames
+        if fr.numel() == 0:
+            continue
+        tb = tab[t0 + fr]  # [f, Q*Cmax]
+        xs = x if fr.numel() == t1 - t0 else x[fr]
+        sim = torch.bmm(xs, ctx_n[tb.clamp(min=0)].transpose(1, 2)).view(-1, N, Q, Cmax)
+        sim = sim.masked_fill((tb < 0).view(-1, 1, Q, Cmax), float("-inf"))
+        best = sim.argmax(-1)  # [f, N, Q], first maximum
+        target = torch.gather(tb.view(-1, 1, Q, Cmax).expand(-1, N, -1, -1), 3, best.unsqueeze(-1)).squeeze(-1)
+        ok = (target >= 0) & may[t0 + fr]
+        # sums as one sparse (one-hot) product: no gathered copy of the merge rows, and faster
+        # than index_add_ on CPU
+        fi, ni, _ = ok.nonzero(as_tuple=True)
+        dst = target[ok]
+        src = fr[fi] * N + ni
+        assign = torch.sparse_coo_tensor(torch.stack([dst, src]), torch.ones(dst.numel(), device=dev),
+                                         (Kc, (t1 - t0) * N), check_invariants=False)
+        acc += torch.sparse.mm(assign, x.reshape(-1, D))
+        cnt += torch.bincount(dst, minlength=Kc)
+    cnt = cnt.float().unsqueeze(1)
     w = (1.0 / (cnt + 1)).clamp(min=beta)
-    own_rows = x[cti, cni]
     return w * own_rows + (1 - w) * acc / cnt.clamp(min=1)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register_compressor
+from .blocks import fp32_blocks
 from .dpc import dpc_knn, jitter_draws, pad_jitter
 
 POSITIONS = ("linspace", "centres")
@@ -53,17 +54,22 @@ def check_features(features: torch.Tensor, method: str) -> None:
         raise ValueError(f"{method}: features must have T, N, D >= 1, got shape {tuple(features.shape)}")
 
 
-def next_frame_cosine(x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """fp32 `[T-1, N]`: cosine similarity of token i of frame t to token i of frame t+1.
+def norms_and_next_cosine(features: torch.Tensor):
+    """Row norms fp32 `[T, N]` and `cos` fp32 `[T-1, N]`, the cosine similarity of token i of
+    frame t to token i of frame t+1, from `[T, N, D]` features of any dtype (in fp32).
 
-    Args: x fp32 `[T, N, D]`; norms `[T, N]` its row norms. One batched dot product and the
-    norms (the authors normalise, then take the cosine: the same value to ~1e-7, without two
-    normalised copies of the video). Zero rows have similarity 0, as theirs.
+    One batched dot product and the norms (the authors normalise, then take the cosine: the same
+    value to ~1e-7, without two normalised copies of the video). Zero rows: similarity 0.
     """
-    T, N, D = x.shape
-    dots = torch.bmm(x[:-1].reshape(-1, 1, D), x[1:].reshape(-1, D, 1)).view(T - 1, N)
+    T, N, D = features.shape
+    norms = torch.empty(T, N, device=features.device)
+    dots = torch.empty(max(T - 1, 0), N, device=features.device)
+    for t0, t1, x in fp32_blocks(features, overlap=1):
+        norms[t0:t1] = torch.linalg.vector_norm(x, dim=-1)
+        if t1 - t0 > 1:
+            dots[t0:t1 - 1] = torch.bmm(x[:-1].reshape(-1, 1, D), x[1:].reshape(-1, D, 1)).view(t1 - t0 - 1, N)
     n = norms.clamp_min(1e-12)
-    return dots / (n[:-1] * n[1:])
+    return norms, dots / (n[:-1] * n[1:])
 
 
 def static_run_lengths(cos: torch.Tensor, t: float) -> torch.Tensor:
@@ -189,10 +195,9 @@ def holitom(
 
     T, N, D = features.shape
     dev = features.device
-    x = features.float()
-    norms = x.norm(dim=-1)  # [T, N]
+    norms, cos = norms_and_next_cosine(features)  # [T, N], [T-1, N]
     if T > 1:
-        run = static_run_lengths(next_frame_cosine(x, norms), float(t))
+        run = static_run_lengths(cos, float(t))
     else:
         run = torch.zeros(0, N, dtype=torch.long, device=dev)
     windows, reduced = select_windows(run, T, int(max_window_size))
@@ -236,10 +241,15 @@ def holitom(
         take = (torch.arange(Lmax, device=dev).view(1, Lmax, 1) < Lw.view(B, 1, 1)) & packed_valid.unsqueeze(1)
         out_row = (torch.arange(B, device=dev).view(B, 1, 1) * M + torch.arange(M, device=dev).view(1, 1, M))
         col = frame * N + pos_c.unsqueeze(1)
-        idx = torch.stack([out_row.expand(B, Lmax, M)[take], col[take]])
-        ones = torch.ones(idx.shape[1], dtype=x.dtype, device=dev)
-        window_sum = torch.sparse_coo_tensor(idx, ones, (B * M, T * N), check_invariants=False)
-        pts = torch.sparse.mm(window_sum, x.reshape(T * N, D)).view(B, M, D) / Lw.view(B, 1, 1).to(x.dtype)
+        rows_, cols = out_row.expand(B, Lmax, M)[take], col[take]
+        pts = torch.zeros(B * M, D, device=dev)
+        for t0, t1, x in fp32_blocks(features):
+            inside = (cols >= t0 * N) & (cols < t1 * N)
+            part = torch.sparse_coo_tensor(torch.stack([rows_[inside], cols[inside] - t0 * N]),
+                                           torch.ones(int(inside.sum()), device=dev),
+                                           (B * M, (t1 - t0) * N), check_invariants=False)
+            pts += torch.sparse.mm(part, x.reshape(-1, D))
+        pts = pts.view(B, M, D) / Lw.view(B, 1, 1).float()
         n_c = torch.tensor([clusters[w] for w in todo], device=dev)
         k_w = n_c.clamp(max=int(k))
         noise = None
@@ -251,7 +261,7 @@ def holitom(
         member = packed_valid & ~is_centre
         flat = (torch.arange(B, device=dev).unsqueeze(1) * M + to_centre)[member]
         acc = pts.new_zeros(B * M, D).index_add_(0, flat, pts[member])
-        cnt = torch.bincount(flat, minlength=B * M).to(x.dtype).view(B, M, 1)
+        cnt = torch.bincount(flat, minlength=B * M).float().view(B, M, 1)
         bi, mi = is_centre.nonzero(as_tuple=True)
         c_cnt = cnt[bi, mi]
         c_pts = pts[bi, mi]
