@@ -172,7 +172,7 @@ def test_fastvid_loop_case_has_several_runs_per_segment():
     # comparison above must, or it would not test the inner-budget allocation
     from token_compressor.compressors.fastvid import segment_ids
 
-    seg, inner, _ = segment_ids(_video(14, 13, 16, 13).float(), 1, 0.0, 0.999)
+    seg, inner, _ = segment_ids(_video(14, 13, 16, 13).mean(dim=1), 1, 0.0, 0.999)
     assert int(inner.max()) > int(seg.max()) + 1
 
 
