@@ -34,7 +34,7 @@ def run(T: int = 32, N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: 
         ref_mask, ref_merged = loops(x, ratio)
         same_keep = torch.equal(mask, ref_mask)
         maxdiff = float((merged.float() - ref_merged.float()).abs().max()) if same_keep else float("nan")
-        times = interleaved_best({"ours": lambda: ours(x, ratio), "loops": lambda: loops(x, ratio)},
+        times = interleaved_best({"ours": lambda f=ours: f(x, ratio), "loops": lambda f=loops: f(x, ratio)},
                                  repeats=repeats)
         rows.append({
             "method": name, "dtype": str(dtype).replace("torch.", ""), "T": T, "N": N, "D": D, "ratio": ratio,

@@ -12,7 +12,7 @@ from typing import Iterator, Tuple
 
 import torch
 
-BLOCK_BYTES = 1 << 23  # 8 MiB of fp32 per block
+BLOCK_BYTES = 1 << 25  # 32 MiB of fp32 per block
 
 
 def fp32_blocks(features: torch.Tensor, overlap: int = 0) -> Iterator[Tuple[int, int, torch.Tensor]]:

@@ -14,9 +14,9 @@ import torch
 def jitter_draws(sizes, seed: int, scale: float, device) -> list:
     """The density tie-breaking noise `scale * U[0, 1)`, one tensor of `sizes[i]` values per set,
     drawn in set order from a CPU generator seeded with `seed` (so the same seed gives the same
-    draws on every device). The authors draw `torch.rand(n) * 1e-6` once per set, in the same
-    order, from torch's global generator: with `torch.manual_seed(seed)` right before their call
-    and no other draw in between, the values are the same. Returns a list of fp32 tensors."""
+    draws on every device). FastVID's code draws `torch.rand` of the set's size once per set, in
+    this order, from torch's global generator (HoliTom's likewise per baselines.md); the golden
+    cases are seed-invariant, the draws only break exact density ties. Returns fp32 tensors."""
     if scale == 0.0:
         return [torch.zeros(int(n), device=device) for n in sizes]
     gen = torch.Generator(device="cpu").manual_seed(int(seed))

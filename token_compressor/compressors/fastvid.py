@@ -3,7 +3,7 @@ STPrune + DTM) as the VidCom² authors' Qwen code does it, as a pure function ov
 
 DySeg cuts the video into segments at the `dyseg_c - 1` lowest frame-to-frame similarities (of the
 normalised frame means) and wherever the similarity is below `dyseg_tau`. Each segment gets
-`int(N*r)` tokens per frame, a share `dyseg_d` of them "context", the rest "salient"; inside a
+`int(N*r)` tokens per frame, a share `stprune_d` of them "context", the rest "salient"; inside a
 segment the budgets go to the last frame of every run of frames with similarity `>= dyseg_ignore`.
 Salient tokens are a frame's largest L2 norms (the authors' stand-in for ViT attention; copies).
 Context tokens are DPC-kNN density peaks among the frame's other tokens; each becomes
@@ -20,6 +20,11 @@ The authors' quirks, reproduced:
 * the DPC density gets `U[0,1)*1e-6` noise from the authors' global `torch.rand`, which only
   matters for exact density ties. Here it is drawn from a generator seeded with `seed` (one draw
   per context frame, in frame order, as theirs) or switched off with `jitter=0`.
+
+Where their code is ill-defined (exact ties in `topk`/`argmax`, whose order torch leaves open),
+the choice here is fixed: the lower index wins. Scores are fp32 (theirs too, apart from the
+merge sums, which they take in the input dtype): a bf16 video gives the result of its fp32
+upcast, rounded to bf16 at the end.
 """
 from __future__ import annotations
 
@@ -275,9 +280,10 @@ def _merge_context(features, seg, salient, context, cfi, beta):
         fi, ni, _ = ok.nonzero(as_tuple=True)
         dst = target[ok]
         src = fr[fi] * N + ni
-        assign = torch.sparse_coo_tensor(torch.stack([dst, src]), torch.ones(dst.numel(), device=dev),
-                                         (Kc, (t1 - t0) * N), check_invariants=False)
-        acc += torch.sparse.mm(assign, x.reshape(-1, D))
+        c0, c1 = int(tb[tb >= 0].min()), int(tb.max()) + 1  # the block's segments' context tokens
+        assign = torch.sparse_coo_tensor(torch.stack([dst - c0, src]), torch.ones(dst.numel(), device=dev),
+                                         (c1 - c0, (t1 - t0) * N), check_invariants=False)
+        acc[c0:c1] += torch.sparse.mm(assign, x.reshape(-1, D))
         cnt += torch.bincount(dst, minlength=Kc)
     cnt = cnt.float().unsqueeze(1)
     w = (1.0 / (cnt + 1)).clamp(min=beta)

@@ -20,15 +20,18 @@ The authors' quirks, reproduced by default:
   `ratio = 1` still merges static tokens.
 * the DPC density gets `U[0,1)*1e-6` noise from the authors' global `torch.rand`, which only
   matters for exact density ties. Here it is drawn from a generator seeded with `seed` (one draw
-  per window with static tokens, in window order, as theirs) or switched off with `jitter=0`.
+  per clustered window, in window order) or switched off with `jitter=0`.
+
+Where their code is ill-defined (exact ties in `topk`/`argmin`, whose order torch leaves open),
+the choice here is fixed: the lower index wins. They take norms and window means in the input
+dtype; here everything is fp32, so a bf16 video gives the result of its fp32 upcast, rounded to
+bf16 at the end (the golden data are fp32 runs).
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..registry import register_compressor
 from .blocks import fp32_blocks
@@ -98,7 +101,6 @@ def select_windows(run: torch.Tensor, num_frames: int, max_window_size: int):
     removed = torch.zeros(T, wmax, dtype=torch.long)
     if T > 1 and wmax > 1:
         run = run.cpu()
-        L = torch.arange(T)  # run length threshold = window size - 1
         # at_least[s, L] = #{i : run[s, i] >= L}
         hist = torch.zeros(T - 1, T, dtype=torch.long).scatter_add_(1, run, torch.ones_like(run))
         at_least = hist.flip(1).cumsum(1).flip(1)
@@ -245,10 +247,14 @@ def holitom(
         pts = torch.zeros(B * M, D, device=dev)
         for t0, t1, x in fp32_blocks(features):
             inside = (cols >= t0 * N) & (cols < t1 * N)
-            part = torch.sparse_coo_tensor(torch.stack([rows_[inside], cols[inside] - t0 * N]),
-                                           torch.ones(int(inside.sum()), device=dev),
-                                           (B * M, (t1 - t0) * N), check_invariants=False)
-            pts += torch.sparse.mm(part, x.reshape(-1, D))
+            if not bool(inside.any()):
+                continue
+            r_in = rows_[inside]
+            r0, r1 = int(r_in.min()), int(r_in.max()) + 1  # the windows overlapping the block
+            part = torch.sparse_coo_tensor(torch.stack([r_in - r0, cols[inside] - t0 * N]),
+                                           torch.ones(r_in.numel(), device=dev),
+                                           (r1 - r0, (t1 - t0) * N), check_invariants=False)
+            pts[r0:r1] += torch.sparse.mm(part, x.reshape(-1, D))
         pts = pts.view(B, M, D) / Lw.view(B, 1, 1).float()
         n_c = torch.tensor([clusters[w] for w in todo], device=dev)
         k_w = n_c.clamp(max=int(k))
