@@ -208,7 +208,7 @@ def fastvid(
 
     mask = salient | context
     ti, ni = mask.nonzero(as_tuple=True)
-    rows = features[ti, ni].clone()
+    rows = features[ti, ni]  # advanced indexing: a copy
     if merged_rows is not None:
         is_ctx = context[ti, ni]
         # context rows in row-major order are exactly `merged_rows`' order
