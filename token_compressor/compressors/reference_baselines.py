@@ -1,0 +1,203 @@
+"""Straightforward formulations of FastVID and HoliTom, the way their authors' Qwen code is
+structured: Python loops over segments, frames, context sets, windows and clusters, one small set
+at a time, one-hot matrix products for sums. Slow on purpose: the readable oracle that the
+vectorised compressors (`fastvid.py`, `holitom.py`) are tested and benchmarked against.
+
+Both return the same `(mask [T, N], merged [K, D])` as the compressors; arithmetic is in
+`compute_dtype` (fp32 by default; fp64 for a tie-free oracle), the rows in the input dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .holitom import adjusted_ratio
+
+
+def _jitter(n: int, gen, scale: float, dtype):
+    if scale == 0.0 or gen is None:
+        return torch.zeros(n, dtype=dtype)
+    return (torch.rand(n, generator=gen) * scale).to(dtype)
+
+
+def _dpc_centres(x, n_centres, k, noise):
+    """DPC-kNN centres (ascending) of the rows of `x` `[n, D]`, as in the authors' helper."""
+    n, D = x.shape
+    n_centres = min(n_centres, n)
+    k = max(1, min(k, n))
+    dist = torch.cdist(x.unsqueeze(0), x.unsqueeze(0))[0] / D**0.5
+    nearest = torch.topk(dist, k, dim=-1, largest=False).values
+    density = torch.exp(-(nearest**2).mean(-1)) + noise
+    denser = density.unsqueeze(0) > density.unsqueeze(1)  # [i, j]: j denser than i
+    delta = torch.where(denser, dist, dist.max()).min(-1).values
+    score = delta * density
+    return torch.sort(torch.topk(score, n_centres).indices).values, dist
+
+
+def _runs(sim, threshold):
+    """Lengths of the runs of frames between cuts (`sim[t] < threshold` ends a run after t)."""
+    sizes, cur = [], 1
+    for s in sim.tolist():
+        if s < threshold:
+            sizes.append(cur)
+            cur = 1
+        else:
+            cur += 1
+    sizes.append(cur)
+    return sizes
+
+
+def fastvid_reference(features, ratio, *, dyseg_c=8, dyseg_tau=0.84, dyseg_ignore=0.99, stprune_d=0.5,
+                      dtm_p=4, dtm_beta=0.5, jitter=1e-6, seed=0, compute_dtype=torch.float32):
+    """FastVID `[T, N, D]` -> (mask bool `[T, N]`, merged `[K, D]`), loops as the authors'."""
+    T, N, D = features.shape
+    if ratio >= 1.0:
+        return torch.ones(T, N, dtype=torch.bool), features.reshape(T * N, D).clone()
+    x = features.to(compute_dtype)
+    gen = torch.Generator().manual_seed(seed) if jitter > 0 else None
+    norms = x.norm(dim=-1)
+    g = F.normalize(x.mean(dim=1), dim=-1)
+    sim = (g[:-1] * g[1:]).sum(-1)
+    cuts = set((sim < dyseg_tau).nonzero().flatten().tolist())
+    n_low = min(dyseg_c - 1, T - 1)
+    if n_low > 0:
+        cuts |= set(torch.topk(sim, n_low, largest=False).indices.tolist())
+    segments, start = [], 0
+    for t in sorted(cuts) + [T - 1]:
+        segments.append((start, t + 1))
+        start = t + 1
+    fr = max(1, min(N, int(N * ratio)))
+    mask = torch.zeros(T, N, dtype=torch.bool)
+    rows = {}
+    for s0, s1 in segments:
+        L = s1 - s0
+        R = fr * L
+        C = min(max(1, int(R * stprune_d)) if R > 1 else 0, R)
+        S = R - C
+        if L == 1:
+            sal_b, ctx_b = [S], [C]
+        else:
+            inner = _runs(sim[s0:s1 - 1], dyseg_ignore)
+            V = len(inner)
+            sal_v = [S // V + (1 if j < S % V else 0) for j in range(V)]
+            n = (V + dtm_p - 1) // dtm_p
+            grp = [C // n + (1 if j < C % n else 0) for j in range(n)]
+            ctx_v = [min(grp[j // dtm_p], N // 2) if j % dtm_p == 0 else 0 for j in range(V)][::-1]
+            sal_b, ctx_b = [], []
+            for j, size in enumerate(inner):
+                sal_b += [0] * (size - 1)
+                ctx_b += [0] * (size - 1)
+                if ctx_v[j] > 0:
+                    c = min(ctx_v[j], N // 2)
+                    ctx_b.append(c)
+                    sal_b.append(min(sal_v[j], N - c))
+                else:
+                    ctx_b.append(0)
+                    sal_b.append(min(sal_v[j], N))
+        seg_x = x[s0:s1].reshape(L * N, D)
+        salient, contexts = [], []
+        for f in range(L):
+            sal = min(max(0, sal_b[f]), N)
+            ctx = min(max(0, ctx_b[f]), N - sal)
+            top = torch.topk(norms[s0 + f], sal).indices if sal > 0 else torch.zeros(0, dtype=torch.long)
+            salient.append(top + f * N)
+            if ctx > 0:
+                keep_out = torch.zeros(N, dtype=torch.bool)
+                keep_out[top] = True
+                rest = (~keep_out).nonzero().flatten()
+                if rest.numel():
+                    centres, _ = _dpc_centres(x[s0 + f, rest], ctx, 4, _jitter(rest.numel(), gen, jitter, x.dtype))
+                    contexts.append(rest[centres] + f * N)
+        salient = torch.cat(salient)
+        if salient.numel() == 0 and not contexts:
+            salient = torch.topk(norms[s0:s1].reshape(-1), R).indices
+        for i in salient.tolist():
+            rows[s0 * N + i] = features.reshape(T * N, D)[s0 * N + i]
+        xn = F.normalize(seg_x, dim=-1)
+        for ctx in contexts:
+            retained = torch.zeros(L * N, dtype=torch.bool)
+            retained[salient] = True
+            retained[ctx] = True
+            merge = (~retained).nonzero().flatten()
+            assign = torch.zeros(merge.numel(), ctx.numel(), dtype=x.dtype)
+            if merge.numel():
+                assign[torch.arange(merge.numel()), (xn[merge] @ xn[ctx].T).argmax(1)] = 1
+            cnt = assign.sum(0).unsqueeze(1)
+            w = (1 / (cnt + 1)).clamp(min=dtm_beta)
+            new = w * seg_x[ctx] + (1 - w) * (assign.T @ seg_x[merge]) / cnt.clamp(min=1)
+            for j, i in enumerate(ctx.tolist()):
+                rows[s0 * N + i] = new[j].to(features.dtype)
+    keep = sorted(rows)
+    mask.view(-1)[keep] = True
+    return mask, torch.stack([rows[i] for i in keep])
+
+
+def holitom_reference(features, ratio, *, t=0.8, beta=0.6, k=7, max_window_size=1024, positions="linspace",
+                      jitter=1e-6, seed=0, compute_dtype=torch.float32):
+    """HoliTom (d = 0) `[T, N, D]` -> (mask bool `[T, N]`, merged `[K, D]`), loops as the authors'."""
+    T, N, D = features.shape
+    x = features.to(compute_dtype)
+    gen = torch.Generator().manual_seed(seed) if jitter > 0 else None
+    xn = F.normalize(x, dim=-1)
+    fs = F.cosine_similarity(xn[:-1], xn[1:], dim=-1)  # [T-1, N]
+    count = {}
+    for s in range(T - 1):
+        alive = torch.cumprod((fs[s:] > t).long(), dim=0)  # [T-1-s, N]
+        for e in range(s + 1, T):
+            count[(s, e)] = (e - s) * int(alive[e - s - 1].sum())
+    dp, choice = [0] * T, [1] * T
+    for i in range(1, T):
+        dp[i], choice[i] = dp[i - 1], 1
+        for ws in range(2, min(i + 1, max_window_size) + 1):
+            cand = (dp[i - ws] if i - ws >= 0 else 0) + count[(i - ws + 1, i)]
+            if cand > dp[i]:
+                dp[i], choice[i] = cand, ws
+    windows, i = [], T - 1
+    while i >= 0:
+        windows.append((i - choice[i] + 1, i))
+        i -= choice[i]
+    windows.reverse()
+    adj = adjusted_ratio(ratio, T * N, dp[T - 1])
+    norms = x.norm(dim=-1)
+    out, src = [], []
+    for s, e in windows:
+        if e > s:
+            static = (fs[s:e] > t).all(0)
+        else:
+            static = torch.zeros(N, dtype=torch.bool)
+        st_pos = static.nonzero().flatten()
+        n_clusters = round(st_pos.numel() * adj)
+        if n_clusters > 0:
+            pts = x[s:e + 1, st_pos].mean(0)
+            centres, dist = _dpc_centres(pts, n_clusters, min(k, n_clusters),
+                                         _jitter(st_pos.numel(), gen, jitter, x.dtype))
+            nearest = dist[:, centres].argmin(1)
+            for c_i, c in enumerate(centres.tolist()):  # per cluster, as the authors
+                members = (nearest == c_i).clone()
+                members[centres] = False
+                if bool(members.any()):
+                    row = beta * pts[c] + (1 - beta) * pts[members].mean(0)
+                else:
+                    row = pts[c]
+                out.append(row.to(features.dtype))
+                src.append(s * N + int(st_pos[c]))
+        dyn_pos = (~static).nonzero().flatten()
+        kd = math.ceil(dyn_pos.numel() * adj)
+        for f in range(s, e + 1):
+            top = torch.sort(dyn_pos[torch.topk(norms[f, dyn_pos], kd).indices]).values if kd else dyn_pos[:0]
+            for i in top.tolist():
+                out.append(features[f, i])
+                src.append(f * N + i)
+    mask = torch.zeros(T * N, dtype=torch.bool)
+    if not out:
+        mask[0] = True
+        return mask.view(T, N), features.reshape(T * N, D)[:1].clone()
+    rows = torch.stack(out)
+    if positions == "centres":
+        order = torch.argsort(torch.tensor(src))
+        mask[torch.tensor(src)] = True
+        return mask.view(T, N), rows[order]
+    mask[torch.linspace(0, T * N - 1, len(out), dtype=torch.long)] = True
+    return mask.view(T, N), rows
