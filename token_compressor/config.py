@@ -160,6 +160,10 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:
 # | `EMC_TIMEOUT_S`     | a number of seconds > 0                         | `60`    |
 # | `EMC_MAX_RETRIES`   | an integer in [0, 10]                           | `2`     |
 # | `OPENAI_API_KEY`    | the API key, sent as a bearer token, never logged | unset (no header) |
+# | `EMC_API_KEY`       | the planner endpoint's key (wins over `OPENAI_API_KEY`) | `OPENAI_API_KEY` |
+# | `EMC_CAPTION_API_KEY` | the key for `EMC_CAPTION_BASE_URL` (another host never gets the planner's key) | unset (no header) |
+#
+# `OPENAI_BASE_URL` belongs to other tools too: it is only validated when the `llm` screener uses it.
 # ---------------------------------------------------------------------------------------------
 
 from dataclasses import field as _field  # noqa: E402  (kept inside this block to ease merges)
@@ -210,6 +214,15 @@ class ScreeningConfig:
     timeout_s: float = DEFAULT_EMC_TIMEOUT_S
     max_retries: int = DEFAULT_EMC_MAX_RETRIES
     api_key: Optional[str] = _field(default=None, repr=False, compare=False)
+    caption_api_key: Optional[str] = _field(default=None, repr=False, compare=False)
+
+    @property
+    def caption_key(self) -> Optional[str]:
+        """The key sent to the caption endpoint: the planner's when both are the same URL, else
+        only `caption_api_key` (the planner's key never goes to a host it was not set for)."""
+        if not self.caption_base_url or self.caption_base_url == self.base_url:
+            return self.api_key
+        return self.caption_api_key
 
     @property
     def enabled(self) -> bool:
@@ -231,7 +244,7 @@ class ScreeningConfig:
         screener = parse_screener(env.get("EMC_SCREENER"))
         if text("EMC_BASE_URL") is not None:
             base_url = parse_base_url(text("EMC_BASE_URL"), "EMC_BASE_URL")
-        elif text("OPENAI_BASE_URL") is not None:
+        elif text("OPENAI_BASE_URL") is not None and screener == "llm":
             base_url = parse_base_url(text("OPENAI_BASE_URL"), "OPENAI_BASE_URL")
         else:
             base_url = DEFAULT_EMC_BASE_URL
@@ -247,7 +260,8 @@ class ScreeningConfig:
         retries = parse_max_retries(env["EMC_MAX_RETRIES"]) if text("EMC_MAX_RETRIES") else DEFAULT_EMC_MAX_RETRIES
         return cls(screener=screener, base_url=base_url, model=model, caption_model=caption_model,
                    caption_base_url=caption_base_url, cache_dir=cache_dir, timeout_s=timeout, max_retries=retries,
-                   api_key=text("OPENAI_API_KEY"))
+                   api_key=text("EMC_API_KEY") or text("OPENAI_API_KEY"),
+                   caption_api_key=text("EMC_CAPTION_API_KEY"))
 
 
 def screening_from_env(environ: Optional[Mapping[str, str]] = None) -> ScreeningConfig:
