@@ -18,7 +18,7 @@ write wins (both results are valid).
 
 A cache is an optimisation, never a reason to fail: `ScreeningCache` methods do not raise. A
 read or write that fails (volume full, read-only mount, `results/` a file, a file of the wrong
-shape) is a miss or a skipped write, logged as a WARNING (once per kind and directory) and
+shape) is a miss or a skipped write, logged as a WARNING (once per kind) and
 counted in `error_counts()`, which the screening counters report.
 """
 from __future__ import annotations
@@ -64,15 +64,16 @@ def error_counts() -> Dict[str, int]:
 
 
 def note_error(kind: str, path: str, error) -> None:
-    """Count a cache error; a WARNING the first time per kind and directory."""
-    where = os.path.dirname(path) if path else "?"
+    """Count a cache error; a WARNING the first time per kind in this process (later ones at
+    DEBUG: a dead cache must not print a line per caption), all of them counted."""
     with _locks_guard:
         _errors[kind] = _errors.get(kind, 0) + 1
-        first = (kind, where) not in _warned
-        _warned.add((kind, where))
+        first = kind not in _warned
+        _warned.add(kind)
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     (log.warning if first else log.debug)(
-        "screening cache %s error, continuing without it (%s): %s", kind, path, text)
+        "screening cache %s error, continuing without it (%s): %s%s", kind, path, text,
+        " (further ones of this kind are counted in the run report, logged at DEBUG)" if first else "")
 
 
 @contextmanager

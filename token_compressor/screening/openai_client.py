@@ -161,11 +161,12 @@ class _NoAnswer(Exception):
 class OpenAIChatClient:
     def __init__(self, base_url: str, api_key: Optional[str] = None, timeout_s: float = 60.0,
                  max_retries: int = 2, backoff_s: float = 1.0, max_tokens: int = 1024,
-                 temperature: float = 0.2, breaker: Optional[CircuitBreaker] = None):
+                 temperature: float = 0.2, breaker: Optional[CircuitBreaker] = None,
+                 redact_also: Iterable[Optional[str]] = ()):
         url, user, password = split_credentials(base_url.rstrip("/"))
         self.base_url = url
         self._api_key = api_key
-        self._secrets = tuple(s for s in (api_key, password) if s)
+        self._secrets = tuple(s for s in (api_key, password, *redact_also) if s)  # redact_also: other clients' keys
         self._basic = (base64.b64encode(f"{user}:{password}".encode()).decode()
                        if password and not api_key else None)
         self.timeout_s = float(timeout_s)

@@ -80,13 +80,14 @@ def llm_screener(config: ScreeningConfig, cache: Optional[ScreeningCache] = None
 
     if not config.model:
         raise ConfigError("EMC_MODEL=None is not set; the llm screener needs the planner model name")
+    secrets = (config.api_key, config.caption_key)  # each client redacts both keys from what it returns
     client = OpenAIChatClient(config.base_url, config.api_key, timeout_s=config.timeout_s,
-                              max_retries=config.max_retries, backoff_s=backoff_s)
+                              max_retries=config.max_retries, backoff_s=backoff_s, redact_also=secrets)
     caption_model = config.caption_model or config.model
     caption_client = client
     if config.caption_base_url and config.caption_base_url != config.base_url:
         caption_client = OpenAIChatClient(config.caption_base_url, config.caption_key, timeout_s=config.timeout_s,
-                                          max_retries=config.max_retries, backoff_s=backoff_s)
+                                          max_retries=config.max_retries, backoff_s=backoff_s, redact_also=secrets)
 
     def chat_fn(messages):
         return client.chat(messages, config.model, json_mode=True)
