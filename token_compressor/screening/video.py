@@ -71,6 +71,8 @@ def fingerprint(path: str) -> str:
 
 def _check_exists(path: str) -> str:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise VideoError(f"{path} is a folder, expected a video file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video file not found: {path}")
     return path
