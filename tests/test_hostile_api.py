@@ -1,5 +1,6 @@
 """Small things a hostile user tries on the Python API and the CLI (issue 16, H15/H16)."""
 import logging
+import os
 
 import pytest
 import torch
@@ -68,3 +69,17 @@ def test_a_folder_passed_to_screen(tmp_path, capsys):
     assert main(["screen", str(tmp_path), "q?"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a folder, expected a video file" in err
+
+
+def test_ratio_one_with_vidcom2_is_documented_and_true(capsys):
+    torch.manual_seed(0)
+    T, N = 6, 64
+    features = torch.randn(1, N, 32).repeat(T, 1, 1) + 0.01 * torch.randn(T, N, 32)
+    features[0] = torch.randn(N, 32)  # one frame stands out
+    sel = tc.select(features.reshape(T * N, 32), T, 1.0, "vidcom2")
+    assert sel.budgets[0] == N and 0.8 < sel.kept_fraction < 1.0  # the clamped frame's surplus is lost
+    assert tc.select(features.reshape(T * N, 32), T, 1.0, "none").kept_fraction == 1.0
+    assert main(["info"]) == 0
+    assert "R_RATIO=1 with vidcom2 keeps most, not all, tokens" in capsys.readouterr().out
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    assert "`R_RATIO=1` with VidCom² keeps most, not all, tokens" in readme
