@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 import threading
-import time
 
 import pytest
 
@@ -29,13 +28,6 @@ END = {"decision": "end", "timestamps": [[1, 3]], "revised_question": "what colo
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
     return make_mp4(tmp_path_factory.mktemp("hostile") / "clip.mp4", seconds=4)
-
-
-@pytest.fixture(autouse=True)
-def fresh_breakers():
-    openai_client.reset_breakers()
-    yield
-    openai_client.reset_breakers()
 
 
 def local_screener(tmp_path, replies, captions=lambda image: "a red frame", seen=None):
