@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import re
 import socket
 import threading
 
@@ -239,6 +240,11 @@ def test_a_dead_endpoint_is_detected_once_per_run(tmp_path, video, kind, caplog)
     assert (snap["fallen_back"], snap["endpoint_down"], snap["skipped_endpoint_down"]) == (4, 1, 3)
     down = [r for r in caplog.records if "treating the endpoint as down" in r.getMessage()]
     assert len(down) == 1 and down[0].levelno == logging.WARNING
+    from token_compressor import report
+
+    table = report.format_table(report.merge([report.Recorder().summary(
+        compressor=None, ratio=None, screening={**snap, "screener": "llm"})]))
+    assert re.search(r"\| endpoint down \(skipped\) +\| 1 \(3\) ", table) and re.search(r"\| fallen back +\| 4 ", table)
 
 
 def test_circuit_breaker_policy():
