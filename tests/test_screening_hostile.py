@@ -98,6 +98,25 @@ def test_the_processor_hook_never_drops_a_sample(tmp_path):
     assert (snap["samples"], snap["fallen_back"], snap["by_status"]["failed"]) == (1, 1, 1)
 
 
+def test_undecodable_kept_frames_leave_the_sample_whole(video, tmp_path, monkeypatch):
+    from token_compressor.screening import STATS, VideoError, inject
+
+    def broken(item, path, result):
+        raise VideoError(f"cannot read video {path}: frame 5 asked, 4 decodable")
+    monkeypatch.setattr(inject, "_frames_item", broken)
+    STATS.reset()
+    messages = [{"role": "user", "content": [{"type": "video", "video": video, "nframes": 4},
+                                             {"type": "text", "text": "q?"}]}]
+    assert screen_messages(messages, local_screener(tmp_path, [json.dumps(END)]),
+                           config=ScreeningConfig(cache_dir=str(tmp_path))) == []
+    item, text = messages[0]["content"]
+    assert item["video"] == video and item["nframes"] == 4 and text["text"] == "q?"  # as without screening
+    assert item["token_compressor_screening"] == "failed"
+    snap = STATS.snapshot()
+    assert (snap["samples"], snap["screened"], snap["fallen_back"], snap["by_status"]["failed"],
+            snap["by_status"]["succeeded"], snap["kept_ratio_sum"]) == (1, 0, 1, 1, 0, 1.0)
+
+
 # -- H2 / H6 / H8: cache errors stay inside the fallback ------------------------------------------
 
 def _blocked_cache_dirs(tmp_path):

@@ -92,6 +92,16 @@ class ScreeningStats:
             self.kept_ratio_sum += 1.0
             self.by_status["failed"] = self.by_status.get("failed", 0) + 1
 
+    def record_unused(self, result: ScreenResult) -> None:
+        """A `record`ed screened result that could not be applied (its kept frames could not be
+        decoded): moved from screened to a `failed` fallback of the whole video."""
+        with self._lock:
+            self.screened -= 1
+            self.fallen_back += 1
+            self.kept_ratio_sum += 1.0 - result.kept_ratio
+            self.by_status[result.status] -= 1
+            self.by_status["failed"] = self.by_status.get("failed", 0) + 1
+
     def snapshot(self) -> dict:
         now = _incidents()
         with self._lock:

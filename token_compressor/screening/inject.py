@@ -119,7 +119,7 @@ def screen_messages(messages, screener=None, *, config: Optional[ScreeningConfig
                     except (OSError, ValueError) as e:  # frames of the kept part unreadable: the whole video
                         log.warning("screening of %s: cannot read the kept frames (%s); the whole video is used",
                                     path, e)
-                        results.append(result)
+                        STATS.record_unused(result)
                         item[MARK] = "failed"
                         continue
                 if result.question != result.original_question:
