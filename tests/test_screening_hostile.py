@@ -408,6 +408,12 @@ def test_url_passwords_are_never_printed(tmp_path, video, caplog):
 
         assert server.requests[0][1]["Authorization"] == "Basic " + base64.b64encode(f"user:{password}".encode()).decode()
         assert password not in repr(client)
+    with FakeOpenAI(lambda b, n: (200, reply(json.dumps(END)), 0)) as server:  # a result is cached
+        cfg = screening_from_env({"EMC_SCREENER": "llm", "EMC_BASE_URL": server.base_url.replace(
+            "http://", f"http://user:{password}@"), "EMC_MODEL": "m", "EMC_CACHE_DIR": str(tmp_path / "c")})
+        assert screen(video, "q?", llm_screener(cfg), config=cfg, stats=ScreeningStats()).status == "succeeded"
+    files = [p.read_text() for p in (tmp_path / "c").rglob("*.json")]
+    assert len(files) == 2 and not [f for f in files if password in f] and "127.0.0.1" in "".join(files)
     assert redact(f"GET http://u:{password}@h/v1 Bearer abcdef12345 {SECRET}", [SECRET]) == \
         "GET http://u:***@h/v1 Bearer *** ***"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -229,9 +230,12 @@ class ScreeningConfig:
         return self.screener != "none"
 
     def cache_identity(self) -> dict:
-        """What a screening result depends on, for cache keys (never the API key)."""
-        return {"screener": self.screener, "base_url": self.base_url, "model": self.model,
-                "caption_model": self.caption_model, "caption_base_url": self.caption_base_url or self.base_url}
+        """What a screening result depends on, for cache keys and records (never the API key,
+        nor a password in a URL)."""
+        def shown(url):
+            return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.I) if url else url
+        return {"screener": self.screener, "base_url": shown(self.base_url), "model": self.model,
+                "caption_model": self.caption_model, "caption_base_url": shown(self.caption_base_url or self.base_url)}
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "ScreeningConfig":
