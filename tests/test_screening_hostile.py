@@ -412,6 +412,12 @@ def test_url_passwords_are_never_printed(tmp_path, video, caplog):
         cfg = screening_from_env({"EMC_SCREENER": "llm", "EMC_BASE_URL": server.base_url.replace(
             "http://", f"http://user:{password}@"), "EMC_MODEL": "m", "EMC_CACHE_DIR": str(tmp_path / "c")})
         assert screen(video, "q?", llm_screener(cfg), config=cfg, stats=ScreeningStats()).status == "succeeded"
+    assert password not in repr(cfg) and "127.0.0.1" in repr(cfg) and "api_key" not in repr(cfg)
+    from token_compressor.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        screening_from_env({"EMC_BASE_URL": f"ftp://user:{password}@host/v1"})
+    assert password not in str(e.value) and "ftp://host/v1" in str(e.value)
     files = [p.read_text() for p in (tmp_path / "c").rglob("*.json")]
     assert len(files) == 2 and not [f for f in files if password in f] and "127.0.0.1" in "".join(files)
     assert redact(f"GET http://u:{password}@h/v1 Bearer abcdef12345 {SECRET}", [SECRET]) == \

@@ -185,10 +185,15 @@ def parse_screener(value: Optional[str], source: str = "EMC_SCREENER") -> str:
     return name
 
 
+def _no_userinfo(url: Optional[str]) -> Optional[str]:
+    """`url` without a `user:password@` part (for keys, records and messages)."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.I) if url else url
+
+
 def parse_base_url(value: str, source: str = "EMC_BASE_URL") -> str:
     url = str(value).strip()
     if not (url.startswith("http://") or url.startswith("https://")) or len(url) <= len("https://"):
-        raise ConfigError(f"{source}={value!r} is not a URL; expected an http:// or https:// URL, "
+        raise ConfigError(f"{source}={_no_userinfo(str(value))!r} is not a URL; expected an http:// or https:// URL, "
                           "e.g. http://localhost:8000/v1")
     return url.rstrip("/")
 
@@ -232,10 +237,14 @@ class ScreeningConfig:
     def cache_identity(self) -> dict:
         """What a screening result depends on, for cache keys and records (never the API key,
         nor a password in a URL)."""
-        def shown(url):
-            return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.I) if url else url
-        return {"screener": self.screener, "base_url": shown(self.base_url), "model": self.model,
-                "caption_model": self.caption_model, "caption_base_url": shown(self.caption_base_url or self.base_url)}
+        return {"screener": self.screener, "base_url": _no_userinfo(self.base_url), "model": self.model,
+                "caption_model": self.caption_model,
+                "caption_base_url": _no_userinfo(self.caption_base_url or self.base_url)}
+
+    def __repr__(self) -> str:  # the keys are left out, and URLs lose any user:password
+        shown = {**self.__dict__, "base_url": _no_userinfo(self.base_url),
+                 "caption_base_url": _no_userinfo(self.caption_base_url)}
+        return "ScreeningConfig(" + ", ".join(f"{k}={shown[k]!r}" for k in shown if not k.endswith("api_key")) + ")"
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "ScreeningConfig":
