@@ -5,6 +5,7 @@ Token counts: a 16-frame 112x112 clip, 8 frames sampled = 4 temporal patches; Qw
 tokens per patch (64), Qwen3-VL (32-pixel cells, frames resized to 96x96): 3x3 (36). VidCom²
 keeps r*N*T up to half a token of rounding per temporal patch."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -134,3 +135,30 @@ def test_visualize_draws_the_models_own_tokens(world, capsys, tmp_path, family):
                 x0, y0, _, _ = layout.cell_box(t, y, x)
                 outlined += tuple(px[y0, x0 + layout.cell // 2]) == draw.KEPT_OUTLINE
         assert outlined == budgets[t]
+
+
+def _flip(src, dst, start, count=64):
+    data = bytearray(open(src, "rb").read())
+    for i in range(start, min(len(data), start + count)):
+        data[i] ^= 0xFF
+    open(dst, "wb").write(bytes(data))
+    return str(dst)
+
+
+def test_run_reads_odd_and_broken_videos_through_its_own_reader(world, capsys, tmp_path):
+    """8 frames with --max-frames 16, one frame, 16x16 pixels: answered; truncated or with a
+    flipped header: one line naming the file, exit 2; never a traceback."""
+    ck = world["ckpt"]["qwen2_5_vl"]
+    good = {"8 frames": make_mp4(tmp_path / "eight.mp4", frames=8, fps=4),
+            "1 frame": make_mp4(tmp_path / "one.mp4", frames=1, fps=4),
+            "16x16": make_mp4(tmp_path / "tiny.mp4", frames=8, size=16, fps=4)}
+    for name, path in good.items():
+        res = run_json(capsys, "--model", ck, "--video", str(path), "--question", "q?", "--max-new-tokens", "1",
+                       "--max-pixels", "12544")
+        assert res["visual_tokens_before"] > 0 and res["new_tokens"] == 1, name
+    clip = open(world["clip"], "rb").read()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(clip[: len(clip) // 3])
+    flipped = _flip(world["clip"], tmp_path / "flipped.mp4", 0)
+    for path in (truncated, flipped):
+        one_line_error(capsys, ["run", "--model", ck, "--video", str(path), "--question", "q?"], os.path.basename(path))

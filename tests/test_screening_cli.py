@@ -93,3 +93,37 @@ def test_emc_eval_command(tmp_path, capsys):
     assert "iou" in out and "v2::q2" in out and "failed" in out
     assert main(["emc-eval", str(split), str(tmp_path / "none.json")]) == 2
     assert "none.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gt, message", [
+    ("1-3", 'split item 0 \\(v1::q1\\): gt_timestamp is "1-3"; expected a list of \\[start, end\\] pairs'),
+    (None, "split item 0 \\(v1::q1\\): gt_timestamp is null"),
+    ([["1", "3"]], 'gt_timestamp is \\[\\["1", "3"\\]\\]'),
+    ([[1, 2, 3]], "gt_timestamp is \\[\\[1, 2, 3\\]\\]"),
+    (7, "gt_timestamp is 7"),
+])
+def test_malformed_ground_truth_is_an_error_naming_the_item(gt, message):
+    split = [dict(SPLIT[0], gt_timestamp=gt)] + SPLIT[1:]
+    with pytest.raises(ValueError, match=message):
+        evaluate(split, RESULTS)
+
+
+@pytest.mark.parametrize("stamps, ok", [([2, 6], True), ([[2, 6]], True), (5, False), ("2-6", False), (None, False),
+                                        ([[2, True]], False)])
+def test_screened_timestamps_are_checked(stamps, ok):
+    results = [dict(RESULTS[0], screened_timestamps=stamps)] + RESULTS[1:]
+    if ok:  # a flat pair of integers is one interval
+        row = evaluate(SPLIT, results)["items"][0]
+        assert row["kept_ratio"] == pytest.approx(0.4) and row["iou"] == 0.0  # [2, 6] against [0, 2] + [8, 10]
+    else:
+        with pytest.raises(ValueError, match="result for item 0 \\(v1::q1\\): screened_timestamps is"):
+            evaluate(SPLIT, results)
+
+
+def test_emc_eval_malformed_ground_truth_is_one_line(tmp_path, capsys):
+    split, results = tmp_path / "split.json", tmp_path / "results.json"
+    split.write_text(json.dumps([dict(SPLIT[0], gt_timestamp="1-3")] + SPLIT[1:]))
+    results.write_text(json.dumps(RESULTS))
+    assert main(["emc-eval", str(split), str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gt_timestamp" in err and "item 0" in err

@@ -134,7 +134,8 @@ def test_slow_server_times_out_and_falls_back(videos, tmp_path):
     with FakeOpenAI(lambda b, n: (200, reply(json.dumps(GOOD_END)), 1.0)) as server:
         res = run(server, tmp_path, videos["b"], EMC_TIMEOUT_S="0.1", EMC_MAX_RETRIES="0")
     assert res.status == "failed" and "timed out" in res.reason and res.segments == ((0.0, 7.0),)
-    assert sum(1 for t in res.trace if t["call"] == "chat" and not t["ok"]) == 5
+    # the circuit breaker: 3 attempts without an answer and the endpoint is down (no 5th timeout)
+    assert sum(1 for t in res.trace if t["call"] == "chat" and not t["ok"]) == 3 and "endpoint down" in res.reason
 
 
 def test_failed_results_are_not_cached(videos, tmp_path):
@@ -260,7 +261,7 @@ def test_config_validation():
         ({"EMC_SCREENER": "gpt"}, r"EMC_SCREENER='gpt' is not a screener; expected one of: none, llm, self"),
         ({"EMC_SCREENER": "llm"}, r"EMC_MODEL=None is not set; EMC_SCREENER='llm' needs"),
         ({"EMC_BASE_URL": "localhost:8000"}, r"EMC_BASE_URL='localhost:8000' is not a URL; expected an http"),
-        ({"OPENAI_BASE_URL": "ftp://x"}, r"OPENAI_BASE_URL='ftp://x' is not a URL"),
+        ({"OPENAI_BASE_URL": "ftp://x", "EMC_SCREENER": "llm", "EMC_MODEL": "m"}, r"OPENAI_BASE_URL='ftp://x' is not a URL"),
         ({"EMC_CAPTION_BASE_URL": "x"}, r"EMC_CAPTION_BASE_URL='x' is not a URL"),
         ({"EMC_TIMEOUT_S": "0"}, r"EMC_TIMEOUT_S='0' is out of range; expected a number of seconds > 0"),
         ({"EMC_TIMEOUT_S": "soon"}, r"EMC_TIMEOUT_S='soon' is not a number"),

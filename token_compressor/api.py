@@ -19,6 +19,18 @@ def _settings(method, ratio, compress_images: bool, options: dict) -> Settings:
         env = from_env()
     name = parse_compressor(method, "method") if method is not None else env.compressor
     r = parse_ratio(ratio, "ratio") if ratio is not None else env.ratio
+    if options:  # checked now, not at the first generate
+        from .registry import check_options
+
+        if name is None:
+            raise ConfigError(f"compressor options {sorted(options)} given, but no method (COMPRESSOR is unset)")
+        try:
+            check_options(name, options)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if name is None:
+        logger.warning("token_compressor: no method given and COMPRESSOR is unset: the model is patched but "
+                       "compression is off (pass method=..., or set COMPRESSOR)")
     return Settings(method=name, ratio=r, compress_images=bool(compress_images), options=tuple(sorted(options.items())))
 
 
@@ -70,8 +82,11 @@ def apply_to_qwen3_vl(model=None, method: Optional[str] = None, ratio: Optional[
 def apply(model, method: Optional[str] = None, ratio: Optional[float] = None, compress_images: bool = False, **options):
     """Patch one loaded model, dispatching on `model.config.model_type`; returns the model.
 
-    Without `method`/`ratio` the environment configuration is used. Calling `apply` again on a
-    patched model changes its method/ratio without patching twice."""
+    Without `method`/`ratio` the environment configuration is used; with neither `method` nor
+    `COMPRESSOR` the model is patched but compression is off (a WARNING says so; `method="none"`
+    says it explicitly). Compressor options are checked here against the compressor's signature
+    (an unknown option or a value of the wrong type is a `ConfigError`). Calling `apply` again on
+    a patched model changes its method/ratio without patching twice."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     family = family_for(model_type)
     return _apply_family(family.name, model, method, ratio, compress_images, **options)

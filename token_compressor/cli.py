@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError) as e:
+    except (CommandError, ValueError, OSError) as e:  # bad input (OSError: unreadable/unwritable files)
         print(f"token-compressor {args.command}: error: {e}", file=sys.stderr)
         return 2
 

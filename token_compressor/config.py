@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -160,6 +161,10 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:
 # | `EMC_TIMEOUT_S`     | a number of seconds > 0                         | `60`    |
 # | `EMC_MAX_RETRIES`   | an integer in [0, 10]                           | `2`     |
 # | `OPENAI_API_KEY`    | the API key, sent as a bearer token, never logged | unset (no header) |
+# | `EMC_API_KEY`       | the planner endpoint's key (wins over `OPENAI_API_KEY`) | `OPENAI_API_KEY` |
+# | `EMC_CAPTION_API_KEY` | the key for `EMC_CAPTION_BASE_URL` (another host never gets the planner's key) | unset (no header) |
+#
+# `OPENAI_BASE_URL` belongs to other tools too: it is only validated when the `llm` screener uses it.
 # ---------------------------------------------------------------------------------------------
 
 from dataclasses import field as _field  # noqa: E402  (kept inside this block to ease merges)
@@ -180,10 +185,15 @@ def parse_screener(value: Optional[str], source: str = "EMC_SCREENER") -> str:
     return name
 
 
+def _no_userinfo(url: Optional[str]) -> Optional[str]:
+    """`url` without a `user:password@` part (for keys, records and messages)."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.I) if url else url
+
+
 def parse_base_url(value: str, source: str = "EMC_BASE_URL") -> str:
     url = str(value).strip()
     if not (url.startswith("http://") or url.startswith("https://")) or len(url) <= len("https://"):
-        raise ConfigError(f"{source}={value!r} is not a URL; expected an http:// or https:// URL, "
+        raise ConfigError(f"{source}={_no_userinfo(str(value))!r} is not a URL; expected an http:// or https:// URL, "
                           "e.g. http://localhost:8000/v1")
     return url.rstrip("/")
 
@@ -210,15 +220,31 @@ class ScreeningConfig:
     timeout_s: float = DEFAULT_EMC_TIMEOUT_S
     max_retries: int = DEFAULT_EMC_MAX_RETRIES
     api_key: Optional[str] = _field(default=None, repr=False, compare=False)
+    caption_api_key: Optional[str] = _field(default=None, repr=False, compare=False)
+
+    @property
+    def caption_key(self) -> Optional[str]:
+        """The key sent to the caption endpoint: the planner's when both are the same URL, else
+        only `caption_api_key` (the planner's key never goes to a host it was not set for)."""
+        if not self.caption_base_url or self.caption_base_url == self.base_url:
+            return self.api_key
+        return self.caption_api_key
 
     @property
     def enabled(self) -> bool:
         return self.screener != "none"
 
     def cache_identity(self) -> dict:
-        """What a screening result depends on, for cache keys (never the API key)."""
-        return {"screener": self.screener, "base_url": self.base_url, "model": self.model,
-                "caption_model": self.caption_model, "caption_base_url": self.caption_base_url or self.base_url}
+        """What a screening result depends on, for cache keys and records (never the API key,
+        nor a password in a URL)."""
+        return {"screener": self.screener, "base_url": _no_userinfo(self.base_url), "model": self.model,
+                "caption_model": self.caption_model,
+                "caption_base_url": _no_userinfo(self.caption_base_url or self.base_url)}
+
+    def __repr__(self) -> str:  # the keys are left out, and URLs lose any user:password
+        shown = {**self.__dict__, "base_url": _no_userinfo(self.base_url),
+                 "caption_base_url": _no_userinfo(self.caption_base_url)}
+        return "ScreeningConfig(" + ", ".join(f"{k}={shown[k]!r}" for k in shown if not k.endswith("api_key")) + ")"
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "ScreeningConfig":
@@ -231,7 +257,7 @@ class ScreeningConfig:
         screener = parse_screener(env.get("EMC_SCREENER"))
         if text("EMC_BASE_URL") is not None:
             base_url = parse_base_url(text("EMC_BASE_URL"), "EMC_BASE_URL")
-        elif text("OPENAI_BASE_URL") is not None:
+        elif text("OPENAI_BASE_URL") is not None and screener == "llm":
             base_url = parse_base_url(text("OPENAI_BASE_URL"), "OPENAI_BASE_URL")
         else:
             base_url = DEFAULT_EMC_BASE_URL
@@ -247,7 +273,8 @@ class ScreeningConfig:
         retries = parse_max_retries(env["EMC_MAX_RETRIES"]) if text("EMC_MAX_RETRIES") else DEFAULT_EMC_MAX_RETRIES
         return cls(screener=screener, base_url=base_url, model=model, caption_model=caption_model,
                    caption_base_url=caption_base_url, cache_dir=cache_dir, timeout_s=timeout, max_retries=retries,
-                   api_key=text("OPENAI_API_KEY"))
+                   api_key=text("EMC_API_KEY") or text("OPENAI_API_KEY"),
+                   caption_api_key=text("EMC_CAPTION_API_KEY"))
 
 
 def screening_from_env(environ: Optional[Mapping[str, str]] = None) -> ScreeningConfig:

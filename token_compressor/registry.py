@@ -7,7 +7,9 @@ It must not read the environment or hold state: everything it needs comes in as 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+import inspect
+import typing
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
@@ -64,3 +66,46 @@ def _ensure_builtins() -> None:
     # The built-in methods register themselves on import; importing lazily keeps this module at
     # the bottom of the import graph (config -> registry, never registry -> models).
     from . import compressors  # noqa: F401
+
+
+def _accepts(hint, value) -> bool:
+    """Whether `value` fits a simple type hint (a class, or Optional/Union of classes); hints this
+    cannot judge (generics, Any, strings) accept everything."""
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) is typing.Union:
+        return any(_accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if not isinstance(hint, type):
+        return True
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float and isinstance(value, int):
+        return True
+    return isinstance(value, hint)
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise ValueError unless compressor `name` takes every keyword in `options` with a value of
+    its annotated type (read from its signature, so a compressor registered later, with
+    keyword-only options, is checked the same way). `fn(features, ratio, **options)` is the call."""
+    fn = get_compressor(name)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
+        return
+    params = list(sig.parameters.values())
+    accepted = [p.name for p in params[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: names are still checked
+        hints = {}
+    for key, value in options.items():
+        if key not in accepted and not takes_any:
+            raise ValueError(f"compressor {name!r} has no option {key!r}; its options: "
+                             f"{', '.join(accepted) if accepted else '(none)'}")
+        if key in hints and not _accepts(hints[key], value):
+            raise ValueError(f"compressor {name!r} option {key}={value!r} is a {type(value).__name__}; "
+                             f"expected {getattr(hints[key], '__name__', None) or str(hints[key]).replace('typing.', '')}")

@@ -224,6 +224,7 @@ def _merge_screening(parts: Sequence[Optional[dict]]) -> Optional[dict]:
         "screened": sum(p["screened"] for p in parts),
         "fallen_back": sum(p["fallen_back"] for p in parts),
         "cached": sum(p["cached"] for p in parts),
+        **{k: sum(p.get(k, 0) for p in parts) for k in ("cache_errors", "endpoint_down", "skipped_endpoint_down")},
         "by_status": _sum_dicts([p.get("by_status") for p in parts]),
         "kept_ratio_sum": kept_sum,
         "kept_ratio_mean": kept_sum / samples if samples else None,
@@ -257,6 +258,8 @@ def format_table(report: dict) -> str:
             ("EMC screener", str(scr.get("screener"))),
             ("screened samples", str(scr["screened"])),
             ("fallen back", str(scr["fallen_back"])),
+            ("endpoint down (skipped)", f"{scr.get('endpoint_down', 0)} ({scr.get('skipped_endpoint_down', 0)})"),
+            ("screening cache errors", str(scr.get("cache_errors", 0))),
             ("kept duration (mean)", _fmt(scr["kept_ratio_mean"], ".4f")),
         ]
     width = max(len(k) for k, _ in rows)

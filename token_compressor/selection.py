@@ -61,6 +61,11 @@ def validate_features(features, num_frames) -> tuple:
         )
     if not features.is_floating_point():
         raise ValueError(f"features must be a floating-point tensor, got dtype {features.dtype}")
+    if features.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"features of dtype {features.dtype} are not supported; "
+                         "expected float16, bfloat16, float32 or float64")
+    if features.device.type == "meta":
+        raise ValueError("features are on the meta device (shapes only, no values): load the weights first")
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
     rows, dim = features.shape

@@ -43,6 +43,10 @@ def flash_attn_status(cuda: bool) -> Tuple[bool, str]:
     return True, flash_attn.__version__
 
 
+RATIO_ONE_NOTE = ("R_RATIO=1 with vidcom2 keeps most, not all, tokens (~83-98 %): the published budget clamps "
+                  "the most unique frames at N and does not redistribute their surplus; COMPRESSOR=none keeps all")
+
+
 def collect() -> dict:
     import torch
     import transformers
@@ -71,6 +75,7 @@ def collect() -> dict:
         "triton_detail": triton_detail,
         "flash_attn": flash,
         "flash_attn_detail": flash_detail,
+        "notes": [RATIO_ONE_NOTE],
     }
 
 
@@ -89,6 +94,7 @@ def format_text(info: dict) -> str:
         ("CUDA", yes(info["cuda"], info["cuda_detail"])),
         ("Triton", yes(info["triton"], info["triton_detail"])),
         ("flash-attn", yes(info["flash_attn"], info["flash_attn_detail"])),
+        *(("note", note) for note in info.get("notes", [])),
     ]
     return "\n".join(f"{key:<18}{value}" for key, value in rows)
 

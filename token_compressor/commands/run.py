@@ -5,7 +5,9 @@ compression (and EMC screening) did.
         [--compressor vidcom2 --ratio 0.25 --screener none|llm|self --max-frames 16 --device auto --json]
 
 The prompt is built the way lmms-eval's chat wrappers build it (qwen-vl-utils messages, the
-processor's chat template, `process_vision_info`); the model is patched with `apply`, so
+processor's chat template, `process_vision_info`), with the frames read by the project's own
+reader (as `visualize` reads them), so a bad video is one line and exit code 2; the model is
+patched with `apply`, so
 `--compressor none` is the uncompressed baseline with the same measurements. `--screener llm`
 reads its endpoint from the EMC_* variables.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 
 from ._common import check_compressor, check_positive_int, check_ratio, command_error
 
@@ -51,6 +54,49 @@ def _peak_memory_mb(device) -> tuple:
         return None, "unavailable"
 
 
+def read_video_for_qwen_vl_utils(ele: dict):
+    """A qwen-vl-utils video reader backed by the project's reader (PyAV, `token_compressor.video`):
+    `ele["nframes"]` frames uniformly over the whole video, fewer when the video is shorter (an
+    odd count padded with its last frame: frames go in pairs). Returns what its readers return:
+    uint8 `[T, 3, H, W]`, metadata (fps, frame indices, total frames), sampling fps. A bad video
+    raises `VideoError` naming the file."""
+    import torch
+
+    from ..screening.video import probe
+    from ..video import read_frames
+
+    path = ele["video"][len("file://"):] if ele["video"].startswith("file://") else ele["video"]
+    info = probe(path)
+    frames, indices, total = read_frames(path, max(2, int(ele.get("nframes", 16))))
+    indices = indices.tolist()
+    if len(frames) % 2:
+        frames = frames[list(range(len(frames))) + [len(frames) - 1]]
+        indices.append(indices[-1])
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    metadata = dict(fps=info.fps, frames_indices=indices, total_num_frames=total, video_backend="token_compressor")
+    return video, metadata, len(frames) / max(total, 1) * info.fps
+
+
+@contextmanager
+def _qwen_vl_utils_reads_with_pyav():
+    """qwen-vl-utils' own readers, for the duration: `read_video_for_qwen_vl_utils`. Its
+    torchvision fallback needs `torchvision.io.read_video`, gone from the pinned torchvision, and
+    decord refuses short videos (`nframes` > frames); its reader table is the narrow seam. The
+    fallback slot gets the same reader, so a bad video's error (naming the file) is the one raised."""
+    from qwen_vl_utils import vision_process as vp
+
+    saved_table, saved_choice = dict(vp.VIDEO_READER_BACKENDS), vp.get_video_reader_backend
+    vp.VIDEO_READER_BACKENDS.update(token_compressor=read_video_for_qwen_vl_utils,
+                                    torchvision=read_video_for_qwen_vl_utils)
+    vp.get_video_reader_backend = lambda: "token_compressor"
+    try:
+        yield
+    finally:
+        vp.VIDEO_READER_BACKENDS.clear()
+        vp.VIDEO_READER_BACKENDS.update(saved_table)
+        vp.get_video_reader_backend = saved_choice
+
+
 def answer(model, processor, video: str, question: str, *, max_frames: int, max_pixels: int,
            max_new_tokens: int, screener=None) -> dict:
     """One question about one video with an already loaded (and possibly patched) model.
@@ -76,8 +122,9 @@ def answer(model, processor, video: str, question: str, *, max_frames: int, max_
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     # as lmms-eval's chat wrappers: frames and their metadata from qwen-vl-utils, which already
     # resized them (do_resize=False keeps its size), fps for the temporal positions
-    _, videos, video_kwargs = process_vision_info(messages, return_video_kwargs=True, return_video_metadata=True,
-                                                    image_patch_size=model.config.vision_config.patch_size)
+    with _qwen_vl_utils_reads_with_pyav():
+        _, videos, video_kwargs = process_vision_info(messages, return_video_kwargs=True, return_video_metadata=True,
+                                                        image_patch_size=model.config.vision_config.patch_size)
     frames, metadata = zip(*videos)
     inputs = processor(text=[text], videos=list(frames), video_metadata=list(metadata), do_resize=False,
                        do_sample_frames=False, return_tensors="pt",
@@ -143,6 +190,9 @@ def run(args) -> int:
 
     check_video_path(args.video)
     probe(args.video)  # an unreadable video fails here, before the model is loaded
+    from ..video import read_frames
+
+    read_frames(args.video, 2)  # and one that cannot be decoded (first and last frame) too
     check_model_folder(args.model)
 
     from ..api import apply

@@ -77,6 +77,30 @@ def _match(split_items, results) -> List[Optional[dict]]:
     return list(results)
 
 
+def _seconds(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _intervals(value, what: str) -> List[tuple]:
+    """`value` as [(start, end), ...] seconds: a list of [start, end] pairs of numbers, or one
+    flat [start, end]. Anything else (a string such as "1-3", null, a number, a pair of
+    strings) raises ValueError naming `what`, the value and the expected shape."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_seconds(v) for v in value):
+        value = [value]  # a single flat [s, e]
+    if isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 and
+                                                all(_seconds(v) for v in p) for p in value):
+        return [(float(s), float(e)) for s, e in value]
+    shown = json.dumps(value)[:80] if not isinstance(value, float) else repr(value)
+    raise ValueError(f"{what} is {shown}; expected a list of [start, end] pairs of seconds, e.g. [[1.5, 4.0]]")
+
+
+def _name(key: str, item) -> str:
+    iid = _item_id(item)
+    return f"item {key}" + (f" ({iid})" if iid and iid != key else "")
+
+
 def evaluate(split, results) -> dict:
     """Per-item and mean scores of EMC results against `gt_timestamp`: true multi-interval IoU,
     kept-time precision/recall/F1 and the kept ratio. A missing result, or one whose status is not
@@ -89,10 +113,13 @@ def evaluate(split, results) -> dict:
     for (key, item), res in zip(split_items, matched):
         if not isinstance(item, dict) or "gt_timestamp" not in item:
             raise ValueError(f"split item {key} has no gt_timestamp")
-        gt_raw = item["gt_timestamp"]
-        if gt_raw and all(not isinstance(v, (list, tuple)) for v in gt_raw):
-            gt_raw = [gt_raw]  # a single flat [s, e]
+        gt_raw = _intervals(item["gt_timestamp"], f"split {_name(key, item)}: gt_timestamp")
         duration = item.get("vid_duration", item.get("duration"))
+        if duration not in (None, "") and not _seconds(duration):
+            try:
+                duration = float(duration)
+            except (TypeError, ValueError):
+                raise ValueError(f"split {_name(key, item)}: vid_duration is {duration!r}; expected seconds") from None
         duration = float(duration) if duration not in (None, "") else None
         gt = merge_intervals(gt_raw)
         if res is None:
@@ -101,7 +128,10 @@ def evaluate(split, results) -> dict:
         else:
             status = str(res.get("status", "succeeded")) if isinstance(res, dict) else "failed"
         statuses[status] = statuses.get(status, 0) + 1
-        pred_raw = res.get("screened_timestamps") if isinstance(res, dict) and status == "succeeded" else None
+        pred_raw = None
+        if isinstance(res, dict) and status == "succeeded":
+            pred_raw = _intervals(res.get("screened_timestamps"),
+                                  f"result for {_name(key, item)}: screened_timestamps")
         if duration is None:
             duration = max([e for _, e in gt] + [e for _, e in merge_intervals(pred_raw or [])] + [0.0]) or None
         if duration:

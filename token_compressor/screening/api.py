@@ -8,8 +8,10 @@ from dataclasses import dataclass, field, replace
 from typing import List, Optional, Tuple, Union
 
 from ..config import ScreeningConfig, screening_from_env
-from .cache import ScreeningCache, key_lock
+from .cache import ScreeningCache, error_counts, key_lock
+from .openai_client import breaker_counts
 from .planner import STATUSES, PlanOutcome
+from .questions import clean_question
 from .screeners import NoneScreener, make_screener
 from .segments import kept_ratio, normalize_segments, sample_timestamps
 from .video import VideoInfo, probe
@@ -47,9 +49,17 @@ class ScreenResult:
                 "screened_question": self.question, "status": self.status}
 
 
+def _incidents() -> dict:
+    """Process-wide counts of what screening survived: cache errors, endpoints found down and
+    requests refused because of it."""
+    return {"cache_errors": sum(error_counts().values()), **breaker_counts()}
+
+
 class ScreeningStats:
     """Thread-safe counters a run report reads: samples, screened (status `succeeded` by a real
-    screener), fallen back (any other status), cache hits, per-status counts, kept-ratio sum."""
+    screener), fallen back (any other status), cache hits, per-status counts, kept-ratio sum, and
+    since the last `reset()`: cache errors, endpoints found down (circuit opened) and samples'
+    requests refused while one was (`skipped_endpoint_down`)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -60,6 +70,7 @@ class ScreeningStats:
             self.samples = self.screened = self.fallen_back = self.cached = 0
             self.kept_ratio_sum = 0.0
             self.by_status = {s: 0 for s in STATUSES}
+            self._baseline = _incidents()
 
     def record(self, result: ScreenResult) -> None:
         with self._lock:
@@ -72,10 +83,31 @@ class ScreeningStats:
             elif result.screener != "none":
                 self.screened += 1
 
+    def record_unscreened(self) -> None:
+        """A sample whose screening could not even start (its video unreadable to the screener):
+        counted as a `failed` fallback."""
+        with self._lock:
+            self.samples += 1
+            self.fallen_back += 1
+            self.kept_ratio_sum += 1.0
+            self.by_status["failed"] = self.by_status.get("failed", 0) + 1
+
+    def record_unused(self, result: ScreenResult) -> None:
+        """A `record`ed screened result that could not be applied (its kept frames could not be
+        decoded): moved from screened to a `failed` fallback of the whole video."""
+        with self._lock:
+            self.screened -= 1
+            self.fallen_back += 1
+            self.kept_ratio_sum += 1.0 - result.kept_ratio
+            self.by_status[result.status] -= 1
+            self.by_status["failed"] = self.by_status.get("failed", 0) + 1
+
     def snapshot(self) -> dict:
+        now = _incidents()
         with self._lock:
             return {"samples": self.samples, "screened": self.screened, "fallen_back": self.fallen_back,
                     "cached": self.cached, "by_status": dict(self.by_status),
+                    **{k: now[k] - self._baseline.get(k, 0) for k in now},
                     "kept_ratio_sum": self.kept_ratio_sum,
                     "kept_ratio_mean": self.kept_ratio_sum / self.samples if self.samples else None}
 
@@ -96,7 +128,7 @@ def _result(info: VideoInfo, original: str, outcome: PlanOutcome, screener: str,
     status = outcome.status if outcome.status in STATUSES else "failed"
     if status == "succeeded":
         segments = normalize_segments(outcome.segments, info.duration)
-        question = (outcome.question or "").strip() or original
+        question = clean_question(outcome.question, original)  # planner text is data
     else:  # every fallback: the whole video and the original question
         segments, question = [(0.0, info.duration)], original
     return ScreenResult(tuple((float(s), float(e)) for s, e in segments), question, status, info.duration,
@@ -133,12 +165,8 @@ def screen(video: str, question: str, screener=None, *, config: Optional[Screeni
     cache = getattr(screener, "cache", None) or ScreeningCache(config.cache_dir)
     key = cache.result_key(info.fingerprint, question, screener.identity())
     with key_lock(f"result:{cache.root}:{key}"):
-        record = cache.load_result(key)
-        if record and record.get("status") in ("succeeded", "no_screening_possible"):
-            outcome = PlanOutcome(record.get("screened_timestamps") or [], record.get("screened_question") or question,
-                                  record["status"], record.get("reason"))
-            result = _result(info, question, outcome, screener.name, True)
-        else:
+        result = _cached(cache, key, info, question, screener.name)
+        if result is None:
             try:
                 outcome = screener.screen_video(info, question)
             except Exception as e:  # a crashing screener must not drop the sample
@@ -151,9 +179,38 @@ def screen(video: str, question: str, screener=None, *, config: Optional[Screeni
                                          "fingerprint": info.fingerprint, "question": question,
                                          "screener": screener.identity()})
     if result.fell_back:
-        log.info("screening %s fell back to the whole video: %s (%s)", info.path, result.status, result.reason)
+        # a WARNING: screening was asked for and did not happen (after the one that says an
+        # endpoint is down, its refused samples only at DEBUG: one line per dead endpoint, not per sample)
+        down = "endpoint down (circuit open" in (result.reason or "")
+        (log.debug if down else log.warning)("screening %s fell back to the whole video: %s (%s)",
+                                             info.path, result.status, result.reason)
     stats.record(result)
     return result
+
+
+def _cached(cache: ScreeningCache, key: str, info: VideoInfo, question: str, screener: str) -> Optional[ScreenResult]:
+    """The cached result for `key`, or None. A record of the wrong shape (valid JSON, wrong
+    types) is a miss, counted as a cache error, never an exception."""
+    from .cache import note_error
+
+    record = cache.load_result(key)
+    if record is None or record.get("status") not in ("succeeded", "no_screening_possible"):
+        return None
+    stamps, asked = record.get("screened_timestamps"), record.get("screened_question")
+    try:
+        if not isinstance(stamps, list) or not all(isinstance(p, list) and len(p) == 2 and
+                                                   all(isinstance(v, (int, float)) and not isinstance(v, bool) and
+                                                       math.isfinite(v) for v in p) for p in stamps):
+            raise TypeError("screened_timestamps is not a list of [start, end] numbers")
+        if not isinstance(asked, str):
+            raise TypeError(f"screened_question is {type(asked).__name__}, not text")
+        reason = record.get("reason")
+        outcome = PlanOutcome([tuple(p) for p in stamps], asked, record["status"],
+                              reason if isinstance(reason, str) else None)
+        return _result(info, question, outcome, screener, True)
+    except (TypeError, ValueError) as e:
+        note_error("malformed", cache.result_path(key) or "", e)
+        return None
 
 
 def frame_timestamps(video: str, result: Optional[ScreenResult], num_frames: int) -> List[float]:

@@ -22,7 +22,7 @@ import threading
 from typing import Dict, List, Optional
 
 from ..config import ConfigError, ScreeningConfig, screening_from_env
-from .api import ScreenResult, indices_for, screen
+from .api import STATS, ScreenResult, indices_for, screen
 from .cache import ScreeningCache
 from .questions import replace_question, split_options
 from .segments import kept_duration
@@ -84,7 +84,9 @@ def screen_messages(messages, screener=None, *, config: Optional[ScreeningConfig
     A user turn is screened when its content holds exactly one video given as a local path and at
     least one text item (the last text item is the question; options after it stay). Items already
     screened (marked with `MARK`) are skipped, so templating the same messages twice screens once.
-    `screener`/`config` as in `screen()`."""
+    `screener`/`config` as in `screen()`. Screening never drops the sample: a video the screener
+    cannot read, or kept frames that cannot be decoded, leave the item as it was (a WARNING, and
+    counted as `failed` in `screening_stats()`)."""
     results = []
     for conversation in _conversations(messages):
         for message in conversation:
@@ -103,10 +105,23 @@ def screen_messages(messages, screener=None, *, config: Optional[ScreeningConfig
                 continue
             text = content[texts[-1]]["text"]
             stem, _ = split_options(text)
-            result = screen(path, stem.strip() or text, screener, config=config)
+            try:
+                result = screen(path, stem.strip() or text, screener, config=config)
+            except (OSError, ValueError) as e:  # a video the screener cannot read: the model's reader decides
+                log.warning("screening skipped for %s (%s); the sample goes to the model unscreened", path, e)
+                STATS.record_unscreened()
+                item[MARK] = "failed"
+                continue
             if not result.fell_back:
                 if result.kept_ratio < 1.0:  # the whole video kept (e.g. the `none` screener): sample as usual
-                    content[videos[0]] = _frames_item(item, path, result)
+                    try:
+                        content[videos[0]] = _frames_item(item, path, result)
+                    except (OSError, ValueError) as e:  # frames of the kept part unreadable: the whole video
+                        log.warning("screening of %s: cannot read the kept frames (%s); the whole video is used",
+                                    path, e)
+                        STATS.record_unused(result)
+                        item[MARK] = "failed"
+                        continue
                 if result.question != result.original_question:
                     content[texts[-1]] = {**content[texts[-1]],
                                           "text": replace_question(text, result.question, result.original_question)}

@@ -19,12 +19,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
+from .questions import MAX_CAPTION_CHARS, clean_text
 from .segments import normalize_segments
 
 MAX_UNPARSABLE_IN_A_ROW = 10
 MAX_MESSAGES = 100
 MAX_EXCEPTIONS = 5
 NUM_INITIAL_CAPTIONS = 20
+# Size caps: a reply longer than MAX_REPLY_CHARS is not parsed (a planner's decision is a few
+# hundred characters; max_tokens=1024 keeps a real one under ~5000); an assistant turn is resent
+# to the planner at most MAX_TURN_CHARS long (longer ones as the parsed decision, or cut); the
+# whole conversation is bounded by MAX_CONVERSATION_BYTES of UTF-8 content.
+MAX_REPLY_CHARS = 32_768
+MAX_TURN_CHARS = 4_096
+MAX_CONVERSATION_BYTES = 512 * 1024
 CAPTION_PROMPT = "Describe this image in detail. Include subtitle if present."
 
 STATUSES = ("succeeded", "failed", "max_turns_exceeded", "no_screening_possible")
@@ -80,17 +88,32 @@ def initial_seconds(duration: float, count: int = NUM_INITIAL_CAPTIONS) -> List[
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 
 
+_STRUCTURAL = re.compile(r"[{}\"'\\]")
+MAX_STARTS = 64           # `{` positions tried as the start of an object
+MAX_SCAN_STEPS = 100_000  # structural characters visited over all starts: parsing is O(reply)
+
+
 def _balanced_objects(text: str):
-    """Substrings of `text` that are brace-balanced `{...}` (quote-aware), outermost first."""
-    for start in [i for i, c in enumerate(text) if c == "{"][:64]:
-        depth, quote, esc = 0, None, False
-        for j in range(start, len(text)):
-            c = text[j]
+    """Substrings of `text` that are brace-balanced `{...}` (quote-aware), outermost first.
+
+    Each of the first `MAX_STARTS` `{` is tried as a start with a fresh quote state (prose with an
+    apostrophe before the JSON must not swallow it); the scan jumps from one structural character
+    to the next (C speed over prose), and all starts together visit at most `MAX_SCAN_STEPS` of
+    them, so a crafted reply (64 `{` then megabytes of text, or of quotes) costs linear time."""
+    budget = MAX_SCAN_STEPS
+    starts = [m.start() for m, _ in zip(re.finditer(r"\{", text), range(MAX_STARTS))]
+    for start in starts:
+        depth, quote, skip_at = 0, None, -1
+        for m in _STRUCTURAL.finditer(text, start):
+            budget -= 1
+            if budget < 0:
+                return
+            j, c = m.start(), m.group()
+            if j == skip_at:  # the character after a backslash inside a string
+                continue
             if quote:
-                if esc:
-                    esc = False
-                elif c == "\\":
-                    esc = True
+                if c == "\\":
+                    skip_at = j + 1
                 elif c == quote:
                     quote = None
             elif c in "\"'":
@@ -162,11 +185,12 @@ def parse_reply(text: str) -> Optional[dict]:
     """The planner's decision in `text`, or None when there is none.
 
     Finds JSON anywhere in the reply: inside code fences or 【...】, with trailing or leading
-    prose, with single quotes or Python literals. Returns `{"decision": "tool", "parameter": float}`
+    prose, with single quotes or Python literals; a reply longer than `MAX_REPLY_CHARS` is not
+    parsed (None), and parsing is linear in the reply's length. Returns `{"decision": "tool", "parameter": float}`
     or `{"decision": "end", "timestamps": [(s, e), ...], "revised_question": str | None}`; when a
     reply holds several decisions, the last valid one wins.
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_REPLY_CHARS:
         return None
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text.replace("【", " ").replace("】", " ")]
     found = None
@@ -193,7 +217,8 @@ def plan(question: str, duration: float, fps: float, chat_fn: Callable[[List[dic
     `MAX_EXCEPTIONS` exceptions (or one that says it is not retryable) the outcome is the whole
     video with the original question and status `failed`; `MAX_UNPARSABLE_IN_A_ROW` unparsable
     replies give the whole video with status `failed`; more than `MAX_MESSAGES` messages give the
-    whole video with status `max_turns_exceeded`; an end decision with no usable segment gives the
+    whole video with status `max_turns_exceeded`, and so does a conversation over
+    `MAX_CONVERSATION_BYTES`; an end decision with no usable segment gives the
     whole video and the original question with status `no_screening_possible`. The three limits
     default to the note's 10 / 100 / 5."""
     trace: List[dict] = []
@@ -217,7 +242,7 @@ def plan(question: str, duration: float, fps: float, chat_fn: Callable[[List[dic
         except Exception as e:
             return None, note_exception("caption", e, second=second)
         trace.append({"call": "caption", "ok": True, "second": second, "ms": round(1000 * (time.perf_counter() - t0), 1)})
-        return str(text), None
+        return clean_text(text, MAX_CAPTION_CHARS), None  # a caption is data: no special tokens, bounded
 
     overview = {}
     for second in initial_seconds(duration):
@@ -231,9 +256,19 @@ def plan(question: str, duration: float, fps: float, chat_fn: Callable[[List[dic
     messages = [{"role": "system", "content": system},
                 {"role": "user", "content": USER_PROMPT.replace("{question}", question)}]
     unparsable = 0
+    size = sum(len(m["content"].encode("utf-8")) for m in messages)
+
+    def add(role: str, content: str) -> None:
+        nonlocal size
+        messages.append({"role": role, "content": content})
+        size += len(content.encode("utf-8"))
+
     while True:
         if len(messages) > max_messages:
             return _full(duration, question, "max_turns_exceeded", f"more than {max_messages} messages", trace)
+        if size > MAX_CONVERSATION_BYTES:
+            return _full(duration, question, "max_turns_exceeded",
+                         f"conversation over {MAX_CONVERSATION_BYTES} bytes", trace)
         t0 = time.perf_counter()
         try:
             reply = chat_fn(list(messages))
@@ -242,16 +277,22 @@ def plan(question: str, duration: float, fps: float, chat_fn: Callable[[List[dic
             if stop:
                 return stop
             continue
+        reply = reply if isinstance(reply, str) else str(reply)
         decision = parse_reply(reply)
         trace.append({"call": "chat", "ok": True, "ms": round(1000 * (time.perf_counter() - t0), 1),
                       "decision": decision["decision"] if decision else None,
-                      **({} if decision else {"reply": str(reply)[:300]})})
-        messages.append({"role": "assistant", "content": str(reply)})
+                      **({} if decision else {"reply": reply[:300], "reply_chars": len(reply)})})
+        if len(reply) <= MAX_TURN_CHARS:
+            add("assistant", reply)
+        elif decision is not None:  # resend what was understood, not megabytes of prose
+            add("assistant", json.dumps({k: v for k, v in decision.items() if v is not None}))
+        else:
+            add("assistant", reply[:MAX_TURN_CHARS] + " [reply cut: too long]")
         if decision is None:
             unparsable += 1
             if unparsable >= max_unparsable:
                 return _full(duration, question, "failed", f"{max_unparsable} unparsable replies in a row", trace)
-            messages.append({"role": "user", "content": REPAIR_PROMPT})
+            add("user", REPAIR_PROMPT)
             continue
         unparsable = 0
         if decision["decision"] == "tool":
@@ -261,7 +302,7 @@ def plan(question: str, duration: float, fps: float, chat_fn: Callable[[List[dic
                 return stop
             content = (f"Caption of the frame at second {second}: {text}" if text is not None
                        else f"The caption of the frame at second {second} is unavailable; try another second or decide.")
-            messages.append({"role": "user", "content": content})
+            add("user", content)
             continue
         # end: clamp each pair to [0, duration], drop s > e (and empty ones), merge; whole video if none
         revised = (decision["revised_question"] or "").strip() or question

@@ -12,6 +12,7 @@ from typing import Callable, List, Optional
 from ..config import ConfigError, ScreeningConfig
 from .cache import ScreeningCache
 from .planner import CAPTION_PROMPT, PlanOutcome, plan
+from .questions import MAX_CAPTION_CHARS, clean_text
 from .video import VideoInfo, frame_at, image_data_url
 
 
@@ -58,7 +59,7 @@ class PlannerScreener:
             cached = self.cache.load_captions(info.fingerprint, self.caption_model).get(str(int(second)))
             if cached is not None:
                 return cached
-            text = str(self.describe_image(frame_at(info.path, float(second)))).strip()
+            text = clean_text(self.describe_image(frame_at(info.path, float(second))), MAX_CAPTION_CHARS)
             if not text:
                 raise ValueError(f"empty caption for second {second}")
             self.cache.add_caption(info.fingerprint, self.caption_model, int(second), text)
@@ -73,18 +74,20 @@ def llm_screener(config: ScreeningConfig, cache: Optional[ScreeningCache] = None
                  backoff_s: float = 1.0) -> PlannerScreener:
     """The `llm` screener: planner `config.model` on the OpenAI-compatible server at
     `config.base_url` (JSON mode where supported) and captioner `config.caption_model` on
-    `config.caption_base_url` (default: the same server)."""
+    `config.caption_base_url` (default: the same server; another server gets
+    `EMC_CAPTION_API_KEY`, never the planner's key)."""
     from .openai_client import OpenAIChatClient
 
     if not config.model:
         raise ConfigError("EMC_MODEL=None is not set; the llm screener needs the planner model name")
+    secrets = (config.api_key, config.caption_key)  # each client redacts both keys from what it returns
     client = OpenAIChatClient(config.base_url, config.api_key, timeout_s=config.timeout_s,
-                              max_retries=config.max_retries, backoff_s=backoff_s)
+                              max_retries=config.max_retries, backoff_s=backoff_s, redact_also=secrets)
     caption_model = config.caption_model or config.model
     caption_client = client
     if config.caption_base_url and config.caption_base_url != config.base_url:
-        caption_client = OpenAIChatClient(config.caption_base_url, config.api_key, timeout_s=config.timeout_s,
-                                          max_retries=config.max_retries, backoff_s=backoff_s)
+        caption_client = OpenAIChatClient(config.caption_base_url, config.caption_key, timeout_s=config.timeout_s,
+                                          max_retries=config.max_retries, backoff_s=backoff_s, redact_also=secrets)
 
     def chat_fn(messages):
         return client.chat(messages, config.model, json_mode=True)
