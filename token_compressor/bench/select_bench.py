@@ -181,7 +181,7 @@ def main(argv=None) -> None:
     p.add_argument("--dim", type=int, default=3584)
     p.add_argument("--ratio", type=float, default=0.25)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--methods", nargs="+", help=f"default: all of {[m.name for m in METHODS]}")
+    p.add_argument("--methods", nargs="+", choices=[m.name for m in METHODS], help="default: all")
     p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args(argv)
     print(f"before: {load()}")
