@@ -115,6 +115,11 @@ def _named_params(original) -> frozenset:
                      if p.kind is not inspect.Parameter.VAR_KEYWORD)
 
 
+@torch.compiler.disable  # data-dependent selection and re-padding: nothing for a compiler to fuse
+def _compress(model, family, settings: Settings, kwargs, **how):
+    return compress_prefill(model, family, settings, kwargs, **how)
+
+
 def _record(model, stats: PrefillStats) -> None:
     model.__dict__[ATTR_STATS] = stats
     if stats.skipped:
@@ -147,15 +152,15 @@ def make_forward(original, family):
         settings = settings_of(self)
         if not settings.enabled or not _has_visual_input(kwargs, settings) or _cache_len(kwargs):
             return original(self, **kwargs)
-        reason = skip_reason(kwargs)
+        reason = skip_reason(kwargs, settings)
         if reason is not None:
             _skip(self, settings, kwargs, reason)
             with _Guard():
                 return original(self, **kwargs)
         # what the unpatched forward hands the vision tower besides pixels and grids
         encoder_kwargs = {k: v for k, v in kwargs.items() if k not in _named_params(original) and k != "return_dict"}
-        new_kwargs, stats, record = compress_prefill(self, family, settings, kwargs, for_generate=False,
-                                                     encoder_kwargs=encoder_kwargs)
+        new_kwargs, stats, record = _compress(self, family, settings, kwargs, for_generate=False,
+                                              encoder_kwargs=encoder_kwargs)
         _record(self, stats)
         with _Guard():
             out = original(self, **new_kwargs)
@@ -238,7 +243,7 @@ def _generate(self, original, family, kwargs):
             "token_compressor cannot compress a prompt continued from a past_key_values it did not fill; "
             "pass the whole prompt, or revert the patch for this call"
         )
-    reason = skip_reason(kwargs)
+    reason = skip_reason(kwargs, settings)
     if reason is not None:
         stats = _skip(self, settings, kwargs, reason)
         with _Guard():
@@ -247,8 +252,8 @@ def _generate(self, original, family, kwargs):
     with torch.no_grad():
         mask = kwargs.get("attention_mask")
         mask = _generation_mask(self, kwargs) if mask is None else mask
-        new_kwargs, stats, record = compress_prefill(self, family, settings, kwargs, for_generate=True,
-                                                     attention_mask=mask)
+        new_kwargs, stats, record = _compress(self, family, settings, kwargs, for_generate=True,
+                                              attention_mask=mask)
     _record(self, stats)
     if record is None:  # nothing dropped: the unpatched call
         with _Guard():
@@ -267,7 +272,8 @@ def make_generate(original, family):
         # the run report (lmms-eval through the entry point, the launcher): time and count
         path = report.eval_path_of_caller()
         ids = kwargs.get("inputs") if kwargs.get("inputs") is not None else kwargs.get("input_ids")
-        samples = int(ids.shape[0]) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else 0
+        rows = ids if ids is not None else kwargs.get("inputs_embeds")
+        samples = int(rows.shape[0]) if isinstance(rows, torch.Tensor) and rows.dim() >= 2 else 0
         call = report.RECORDER.begin(self)
         out, stats = _generate(self, original, family, kwargs)
         if stats is not None and not stats.skipped:

@@ -114,13 +114,17 @@ class CompressedPrompt:
         return int(self.original_ids.shape[1] - self.compressed["input_ids"].shape[1])
 
 
-def skip_reason(kwargs: Dict[str, Any]) -> Optional[str]:
+def skip_reason(kwargs: Dict[str, Any], settings: Settings) -> Optional[str]:
     """Why a prefill with visual input cannot be compressed, or None when it can."""
     input_ids = kwargs.get("input_ids")
     if input_ids is None:
         return "inputs_embeds without input_ids: the visual tokens cannot be located"
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         return f"input_ids of shape {tuple(getattr(input_ids, 'shape', ()))} instead of [batch, seq]"
+    encoded = kwargs.get("mm_encoder_outputs") or {}
+    for kind in ("video", "image") if settings.compress_images else ("video",):
+        if encoded.get(kind) is not None and kwargs.get(f"{kind}_grid_thw") is None:
+            return f"{kind} mm_encoder_outputs without {kind}_grid_thw: the frames are unknown"
     return None
 
 
