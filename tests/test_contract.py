@@ -140,9 +140,9 @@ MODES = {
     "assisted": dict(do_sample=False),
 }
 SINGLE_ROW = ("assisted", "prompt_lookup")  # transformers supports them for one row only
-CORE = ["greedy", "sample", "beam", "num_return_sequences", "dict_outputs"]
+CORE = ["greedy", "beam", "num_return_sequences", "dict_outputs"]  # num_return_sequences samples
 # family-independent modes: one family each, rotating
-EXTRA = {"beam_sample": "qwen2_5_vl", "beam_num_return_sequences": "qwen3_vl", "prompt_lookup": "qwen3_vl",
+EXTRA = {"sample": "qwen3_vl", "beam_sample": "qwen2_5_vl", "beam_num_return_sequences": "qwen3_vl", "prompt_lookup": "qwen3_vl",
          "static_cache": "qwen2_vl", "assisted": "qwen2_5_vl"}
 CASES = [(f, m) for f in FAMILIES for m in CORE] + [(f, m) for m, f in EXTRA.items()]
 
@@ -588,3 +588,35 @@ def test_max_length_and_min_length_count_the_original_prompt(family):
                              do_sample=False, suppress_tokens=SPECIAL)
     assert_consistent(got_min, ref_min, batch["input_ids"], Lp)
     assert eos not in got_min[0, L:L + 2].tolist()
+
+
+def test_manual_decoding_loop_on_a_compressed_forward_cache():
+    """A hand-written loop: compressed prefill with use_cache, then one token at a time with the
+    cache and no mask or positions (transformers places them from its rope_deltas, which the
+    compressed prefill sets for the kept sequence); each step's logits equal the uncached
+    oracle's."""
+    family = "qwen3_vl"
+    model = model_of(family)
+    sample = video(family)
+    batch = single(sample)
+    oracle = explicit_pruned_inputs(model, sample, 0.5)
+    tc.apply(model, "vidcom2", 0.5)
+    with torch.no_grad():
+        out = model(**batch, use_cache=True)
+    assert dropped_tokens(model) > 0
+    cache = out.past_key_values
+    ids, pos, mm = oracle["input_ids"], oracle["position_ids"], oracle["mm_token_type_ids"]
+    for _ in range(NEW):
+        nxt = out.logits[:, -1:].argmax(-1)
+        with torch.no_grad():
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        ids, mm = torch.cat([ids, nxt], 1), torch.cat([mm, torch.zeros_like(nxt)], 1)
+        pos = torch.cat([pos, pos[..., -1:] + 1], -1)
+        tc.revert(model)
+        with torch.no_grad():
+            expected = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos, mm_token_type_ids=mm,
+                             mm_encoder_outputs=oracle["mm_encoder_outputs"], use_cache=False).logits[:, -1]
+        tc.apply(model, "vidcom2", 0.5)
+        # cached vs uncached attention: the same math in a different order (fp32 ulps)
+        torch.testing.assert_close(out.logits[:, -1], expected, atol=1e-5, rtol=0)
+    assert cache.get_seq_length() == ids.shape[1]
