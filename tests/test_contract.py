@@ -520,11 +520,27 @@ def test_inputs_embeds_only_runs_unpatched_and_the_skip_is_counted(caplog):
 
 # -- continuing, lengths (#16 H3, H4) -------------------------------------------------------------
 
+def uncached_logits(model, inputs, tokens):
+    """Next-token logits `[steps, V]` of the unpatched model over the pruned `inputs` followed by
+    `tokens[:i]` for each step i, the whole sequence re-run each time (positions +1 per token)."""
+    ids, pos, mm = inputs["input_ids"], inputs["position_ids"], inputs["mm_token_type_ids"]
+    out = []
+    for i in range(len(tokens) + 1):
+        with torch.no_grad():
+            out.append(model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos, mm_token_type_ids=mm,
+                             mm_encoder_outputs=inputs["mm_encoder_outputs"], use_cache=False).logits[0, -1])
+        if i < len(tokens):
+            nxt = tokens[i].view(1, 1)
+            ids, mm = torch.cat([ids, nxt], 1), torch.cat([mm, torch.zeros_like(nxt)], 1)
+            pos = torch.cat([pos, pos[..., -1:] + 1], -1)
+    return torch.stack(out)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_continuing_from_a_compressed_cache_with_the_returned_ids(family):
     """A text follow-up with all returned ids plus the returned past_key_values continues the
-    compressed conversation: the same tokens as an uncached greedy loop over the pruned prompt,
-    the generated tokens and the follow-up text."""
+    compressed conversation: every step's logits are those of an uncached run over the pruned
+    prompt, the generated tokens and the follow-up text (cached vs uncached: fp32 tolerance)."""
     model = model_of(family)
     sample = video(family)
     batch = single(sample)
@@ -538,8 +554,9 @@ def test_continuing_from_a_compressed_cache_with_the_returned_ids(family):
     follow = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
                   mm_token_type_ids=torch.cat([batch["mm_token_type_ids"], torch.zeros(1, extra, dtype=torch.long)], 1))
     second = model.generate(**follow, past_key_values=first.past_key_values, max_new_tokens=NEW, do_sample=False,
-                            suppress_tokens=SPECIAL)
-    assert torch.equal(second[:, :ids.shape[1]], ids)
+                            suppress_tokens=SPECIAL,
+                            return_dict_in_generate=True, output_logits=True)
+    assert torch.equal(second.sequences[:, :ids.shape[1]], ids)
 
     tc.revert(model)
     oracle = explicit_pruned_inputs(model, sample, 0.5)
@@ -549,7 +566,8 @@ def test_continuing_from_a_compressed_cache_with_the_returned_ids(family):
     extended = dict(oracle, input_ids=torch.cat([oracle["input_ids"], tail], 1),
                     mm_token_type_ids=torch.cat([oracle["mm_token_type_ids"], torch.zeros_like(tail)], 1),
                     position_ids=torch.cat([pos, pos[..., -1:] + steps], -1))
-    assert second[0, ids.shape[1]:].tolist() == greedy_uncached(model, extended, steps=NEW)
+    expected = uncached_logits(model, extended, second.sequences[0, ids.shape[1]:-1])
+    torch.testing.assert_close(torch.cat(second.logits), expected, atol=1e-5, rtol=0)
 
 
 def test_continuing_a_compressed_cache_wrongly_is_a_clear_error():

@@ -274,9 +274,13 @@ def make_generate(original, family):
         ids = kwargs.get("inputs") if kwargs.get("inputs") is not None else kwargs.get("input_ids")
         rows = ids if ids is not None else kwargs.get("inputs_embeds")
         samples = int(rows.shape[0]) if isinstance(rows, torch.Tensor) and rows.dim() >= 2 else 0
+        continued = _prompt_of(kwargs) is not None  # its visual tokens were counted by the first call
         call = report.RECORDER.begin(self)
         out, stats = _generate(self, original, family, kwargs)
-        if stats is not None and not stats.skipped:
+        if continued:
+            before = after = 0
+            method = None
+        elif stats is not None and not stats.skipped:
             before, after, method = stats.before, stats.after, stats.method
         else:
             before = after = (stats.before if stats is not None else

@@ -101,12 +101,10 @@ class CompressedPrompt:
         original_ids: `[B, L]` the ids the caller passed.
         compressed: name -> the compressed `[.., B, L']` tensor handed to Hugging Face
             (`input_ids`, `attention_mask`, `mm_token_type_ids`, `position_ids` where present).
-        original_mask: `[B, L]` the caller's attention mask (ones when none was given).
     """
 
     original_ids: torch.Tensor
     compressed: Dict[str, torch.Tensor]
-    original_mask: torch.Tensor
 
     @property
     def width_delta(self) -> int:
@@ -363,7 +361,6 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
     record = CompressedPrompt(
         original_ids=input_ids,
         compressed={k: v for k, v in new.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids")},
-        original_mask=mask,
     )
     return kwargs, stats, record
 
