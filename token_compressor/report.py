@@ -104,6 +104,7 @@ class Recorder:
             self.before = 0
             self.after = 0
             self.compressed_samples = 0
+            self.skipped_samples = 0
             self.llm_time_s = 0.0
             self.first_start: Optional[float] = None
             self.last_end: Optional[float] = None
@@ -122,7 +123,9 @@ class Recorder:
         return _Call(time.perf_counter(), cuda)
 
     def end(self, call: _Call, *, model, path: str, samples: int, before: int, after: int,
-            method: Optional[str]) -> None:
+            method: Optional[str], skipped: bool = False) -> None:
+        """Count one call; `skipped`: compression was asked for but impossible for this call
+        (e.g. `inputs_embeds` only), which then ran uncompressed."""
         peak = None
         if call.device is not None:
             torch.cuda.synchronize(call.device)
@@ -137,6 +140,8 @@ class Recorder:
             if method is not None:
                 self.compressed_samples += samples
                 self.methods[method] = self.methods.get(method, 0) + samples
+            if skipped:
+                self.skipped_samples += samples
             self.llm_time_s += stop - call.start
             self.first_start = call.start if self.first_start is None else min(self.first_start, call.start)
             self.last_end = stop if self.last_end is None else max(self.last_end, stop)
@@ -158,6 +163,7 @@ class Recorder:
                 "samples": self.samples,
                 "generate_calls": self.calls,
                 "compressed_samples": self.compressed_samples,
+                "skipped_samples": self.skipped_samples,
                 "visual_tokens_before": self.before,
                 "visual_tokens_after": self.after,
                 "LLM_time_s": self.llm_time_s,
@@ -199,6 +205,7 @@ def merge(summaries: Sequence[dict]) -> dict:
         "samples": sum(s["samples"] for s in summaries),
         "generate_calls": sum(s["generate_calls"] for s in summaries),
         "compressed_samples": sum(s["compressed_samples"] for s in summaries),
+        "skipped_samples": sum(s.get("skipped_samples", 0) for s in summaries),
         "visual_tokens_before": before,
         "visual_tokens_after": after,
         "achieved_ratio": (after / before) if before else None,
@@ -252,6 +259,8 @@ def format_table(report: dict) -> str:
         ("Peak_mem_MB", _fmt(report["Peak_mem_MB"], ".1f")),
         ("ranks", str(report["world_size"])),
     ]
+    if report.get("skipped_samples"):
+        rows.insert(6, ("not compressible (ran as is)", str(report["skipped_samples"])))
     scr = report.get("screening")
     if scr:
         rows += [

@@ -2,13 +2,23 @@
 
 The wrappers never copy Hugging Face code: they rewrite the call's inputs (`compress_prefill`)
 and call the original. `generate` is wrapped so that the whole generation (2D mask, positions,
-KV cache) runs on the compressed prompt; `forward` is wrapped for direct prefill calls (with or
-without labels). A thread-local guard makes nested calls (generate -> forward, or an instance
-patch over a class patch) compress once.
+KV cache, `max_length`) runs on the compressed prompt and the caller gets the original prompt
+back in front of the new tokens; `forward` is wrapped for direct prefill calls (with or without
+labels). A thread-local guard makes nested calls (generate -> forward, an assistant model, or an
+instance patch over a class patch) compress once.
+
+A KV cache filled by a compressed prompt carries its `CompressedPrompt`: a later call continuing
+from that cache with the original coordinates (the returned ids, a full-length mask) is
+translated into the cache's coordinates, or refused with a clear error; never silently wrong.
+
+Calls that cannot be compressed (only `inputs_embeds`: nothing locates the visual tokens) run
+exactly as unpatched; the skip is recorded in `last_stats`, counted in the run report and logged
+once as a WARNING.
 """
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import threading
 from typing import Dict, Optional
@@ -16,7 +26,8 @@ from typing import Dict, Optional
 import torch
 
 from .. import report
-from .pruning import PrefillStats, Settings, compress_prefill, encoder_outputs_handover
+from .pruning import (CompressedPrompt, PrefillStats, Settings, compress_prefill, encoder_outputs_handover,
+                      skip_reason, translate_continuation, visual_tokens_in)
 
 logger = logging.getLogger("token_compressor")
 
@@ -25,6 +36,7 @@ ATTR_SETTINGS = "_token_compressor_settings"
 ATTR_STATS = "_token_compressor_last_stats"
 ATTR_FAMILY = "_token_compressor_family"
 ATTR_WRAPPED = "_token_compressor_original"
+ATTR_PROMPT = "_token_compressor_prompt"  # on a KV cache: the CompressedPrompt that filled it
 
 # class -> Settings for class-level patches
 _CLASS_SETTINGS: Dict[type, Settings] = {}
@@ -60,13 +72,60 @@ def _has_visual_input(kwargs, settings: Settings) -> bool:
     return video or (settings.compress_images and image)
 
 
-def _is_prefill(kwargs) -> bool:
+def _cache_len(kwargs) -> int:
     cache = kwargs.get("past_key_values")
-    return cache is None or cache.get_seq_length() == 0
+    return 0 if cache is None or not hasattr(cache, "get_seq_length") else int(cache.get_seq_length())
+
+
+def _prompt_of(kwargs) -> Optional[CompressedPrompt]:
+    """The compressed prompt a filled cache holds (None for an empty or ordinary cache)."""
+    cache = kwargs.get("past_key_values")
+    record = getattr(cache, ATTR_PROMPT, None)
+    if record is not None and _cache_len(kwargs) == 0:  # the cache was reset: a fresh prompt
+        delattr(cache, ATTR_PROMPT)
+        return None
+    return record
+
+
+def _remember(record: Optional[CompressedPrompt], *caches) -> None:
+    for cache in caches:
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            setattr(cache, ATTR_PROMPT, record)
+
+
+def _bind(original, self, args, kwargs) -> dict:
+    """Positional arguments turned into keywords by the original signature."""
+    if not args:
+        return dict(kwargs)
+    bound = inspect.signature(original).bind_partial(self, *args, **kwargs).arguments
+    out = {}
+    for name, value in bound.items():
+        if name == "self":
+            continue
+        if name == "kwargs" and isinstance(value, dict):
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _named_params(original) -> frozenset:
+    return frozenset(name for name, p in inspect.signature(original).parameters.items()
+                     if p.kind is not inspect.Parameter.VAR_KEYWORD)
+
+
+@torch.compiler.disable  # data-dependent selection and re-padding: nothing for a compiler to fuse
+def _compress(model, family, settings: Settings, kwargs, **how):
+    return compress_prefill(model, family, settings, kwargs, **how)
 
 
 def _record(model, stats: PrefillStats) -> None:
     model.__dict__[ATTR_STATS] = stats
+    if stats.skipped:
+        logger.warning("token_compressor: %s not applied to this call (%s); it runs exactly as unpatched",
+                       stats.method, stats.skipped)
+        return
     logger.info(
         "token_compressor: %s r=%.3g kept %d/%d visual tokens (%.1f%%), sequence %d -> %d, %.1f ms",
         stats.method, stats.ratio, stats.after, stats.before, 100.0 * stats.kept_fraction,
@@ -74,78 +133,161 @@ def _record(model, stats: PrefillStats) -> None:
     )
 
 
-def _compress(model, family, settings: Settings, kwargs):
-    """Compressed prefill inputs and what was done (also recorded on the model)."""
-    new_kwargs, stats = compress_prefill(model, family, settings, kwargs)
+def _skip(model, settings: Settings, kwargs, reason: str) -> PrefillStats:
+    n = visual_tokens_in(model, kwargs, settings)
+    stats = PrefillStats(method=settings.method, ratio=settings.ratio, before=n, after=n, skipped=reason)
     _record(model, stats)
-    return new_kwargs, stats
+    return stats
 
 
 def make_forward(original, family):
     @functools.wraps(original)
     def forward(self, *args, **kwargs):
-        if _inside() or args:
+        if _inside():
             return original(self, *args, **kwargs)
+        kwargs = _bind(original, self, args, kwargs)
+        record = _prompt_of(kwargs)
+        if record is not None:  # continuing a compressed cache by hand
+            return original(self, **translate_continuation(record, kwargs, _cache_len(kwargs), for_generate=False))
         settings = settings_of(self)
-        if not settings.enabled or not _has_visual_input(kwargs, settings) or not _is_prefill(kwargs):
+        if not settings.enabled or not _has_visual_input(kwargs, settings) or _cache_len(kwargs):
             return original(self, **kwargs)
-        new_kwargs, _ = _compress(self, family, settings, kwargs)
+        reason = skip_reason(kwargs, settings)
+        if reason is not None:
+            _skip(self, settings, kwargs, reason)
+            with _Guard():
+                return original(self, **kwargs)
+        # what the unpatched forward hands the vision tower besides pixels and grids
+        encoder_kwargs = {k: v for k, v in kwargs.items() if k not in _named_params(original) and k != "return_dict"}
+        new_kwargs, stats, record = _compress(self, family, settings, kwargs, for_generate=False,
+                                              encoder_kwargs=encoder_kwargs)
+        _record(self, stats)
         with _Guard(), encoder_outputs_handover(self, family, new_kwargs) as call:
-            return original(self, **call)
+            out = original(self, **call)
+        _remember(record, getattr(out, "past_key_values", None), kwargs.get("past_key_values"))
+        return out
 
     setattr(forward, ATTR_WRAPPED, original)
     return forward
 
 
-def _generate(self, original, family, inputs, args, kwargs):
+def _generation_mask(model, kwargs) -> torch.Tensor:
+    """The attention mask `generate` infers when none is given: padding where the ids hold the pad
+    token (unless it is also the eos token), else all ones."""
+    ids = kwargs["input_ids"]
+    config = kwargs.get("generation_config") or model.generation_config
+    as_list = lambda v: [] if v is None else ([int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)])
+    pad = as_list(kwargs.get("pad_token_id", config.pad_token_id))
+    eos = as_list(kwargs.get("eos_token_id", config.eos_token_id))
+    if not pad or pad[0] in eos or not bool((ids == pad[0]).any()):
+        return torch.ones_like(ids)
+    return ids.ne(pad[0]).long()
+
+
+def _shift_lengths(model, kwargs, delta: int) -> dict:
+    """`max_length`/`min_length` count the caller's prompt: the compressed one is `delta` shorter."""
+    if not delta:
+        return kwargs
+    config = kwargs.get("generation_config")
+    for name in ("max_length", "min_length"):
+        value = kwargs.get(name)
+        for source in (config, model.generation_config):
+            if value is None and source is not None:
+                value = getattr(source, name, None)
+        if value is not None:
+            kwargs[name] = max(int(value) - delta, 0)
+    return kwargs
+
+
+def _with_prompt(out, prompt: torch.Tensor, compressed_len: int):
+    """Generate's output with its (compressed) prompt columns replaced by the caller's prompt,
+    rows repeated as generate repeats them (`num_return_sequences`, beams)."""
+    seq = out if isinstance(out, torch.Tensor) else out.sequences
+    prompt = prompt.to(seq.device)
+    if seq.shape[0] != prompt.shape[0]:
+        prompt = prompt.repeat_interleave(seq.shape[0] // prompt.shape[0], dim=0)
+    seq = torch.cat([prompt, seq[:, compressed_len:]], dim=1)
+    if isinstance(out, torch.Tensor):
+        return seq
+    out.sequences = seq
+    return out
+
+
+def _run(self, original, family, kwargs, record: CompressedPrompt, prompt: torch.Tensor):
+    """The original generate on compressed-coordinate inputs; the caller's prompt in front of the
+    output and the compressed prompt remembered on the cache."""
+    kwargs = _shift_lengths(self, kwargs, record.width_delta)
+    with _Guard(), encoder_outputs_handover(self, family, kwargs) as call:
+        out = original(self, **call)
+    _remember(record, getattr(out, "past_key_values", None), kwargs.get("past_key_values"))
+    return _with_prompt(out, prompt, kwargs["input_ids"].shape[1])
+
+
+def _generate(self, original, family, kwargs):
     """One generate call, compressed when the settings ask for it and the prompt has visual
-    input. Returns (output, PrefillStats or None when nothing was compressed)."""
-    settings = settings_of(self)
-    if not settings.enabled or not _has_visual_input(kwargs, settings):
-        return original(self, inputs, *args, **kwargs), None
-    if args:
-        raise ValueError("token_compressor: pass generate()'s arguments after `inputs` by keyword")
+    input. Returns (output, PrefillStats or None when compression was not asked for)."""
+    inputs = kwargs.pop("inputs", None)
     if inputs is not None:
         if kwargs.get("input_ids") is not None:
             raise ValueError("generate() got both `inputs` and `input_ids`")
         kwargs["input_ids"] = inputs
-    if not _is_prefill(kwargs):
+    record = _prompt_of(kwargs)
+    if record is not None:
+        new = translate_continuation(record, kwargs, _cache_len(kwargs), for_generate=True)
+        return _run(self, original, family, new, record, kwargs["input_ids"]), None
+    settings = settings_of(self)
+    if not settings.enabled or not _has_visual_input(kwargs, settings):
+        return original(self, **kwargs), None
+    if _cache_len(kwargs):
         raise ValueError(
-            "token_compressor cannot compress a prompt continued from a filled past_key_values; "
+            "token_compressor cannot compress a prompt continued from a past_key_values it did not fill; "
             "pass the whole prompt, or revert the patch for this call"
         )
-    original_ids = kwargs["input_ids"]
-    new_kwargs, stats = _compress(self, family, settings, kwargs)
-    compressed_len = new_kwargs["input_ids"].shape[1]
-    with _Guard(), encoder_outputs_handover(self, family, new_kwargs) as call:
-        out = original(self, **call)
-    # Callers trim the prompt with the length of the ids they passed: return the original
-    # prompt followed by the new tokens, as an uncompressed run would.
-    if isinstance(out, torch.Tensor):
-        return torch.cat([original_ids.to(out.device), out[:, compressed_len:]], dim=1), stats
-    out.sequences = torch.cat([original_ids.to(out.sequences.device), out.sequences[:, compressed_len:]], dim=1)
-    return out, stats
+    reason = skip_reason(kwargs, settings)
+    if reason is not None:
+        stats = _skip(self, settings, kwargs, reason)
+        with _Guard():
+            return original(self, **kwargs), stats
+    # generate never builds a graph: neither do the vision tower and the selection before it
+    with torch.no_grad():
+        mask = kwargs.get("attention_mask")
+        mask = _generation_mask(self, kwargs) if mask is None else mask
+        new_kwargs, stats, record = _compress(self, family, settings, kwargs, for_generate=True,
+                                              attention_mask=mask)
+    _record(self, stats)
+    if record is None:  # nothing dropped: the unpatched call
+        with _Guard(), encoder_outputs_handover(self, family, new_kwargs) as call:
+            return original(self, **call), stats
+    return _run(self, original, family, new_kwargs, record, kwargs["input_ids"]), stats
 
 
 def make_generate(original, family):
     @functools.wraps(original)
-    def generate(self, inputs: Optional[torch.Tensor] = None, *args, **kwargs):
+    def generate(self, *args, **kwargs):
         if _inside():
-            return original(self, inputs, *args, **kwargs)
+            return original(self, *args, **kwargs)
+        kwargs = _bind(original, self, args, kwargs)
         if not report.RECORDER.recording():
-            return _generate(self, original, family, inputs, args, kwargs)[0]
+            return _generate(self, original, family, kwargs)[0]
         # the run report (lmms-eval through the entry point, the launcher): time and count
         path = report.eval_path_of_caller()
-        ids = inputs if inputs is not None else kwargs.get("input_ids")
-        samples = int(ids.shape[0]) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else 0
+        ids = kwargs.get("inputs") if kwargs.get("inputs") is not None else kwargs.get("input_ids")
+        rows = ids if ids is not None else kwargs.get("inputs_embeds")
+        samples = int(rows.shape[0]) if isinstance(rows, torch.Tensor) and rows.dim() >= 2 else 0
+        continued = _prompt_of(kwargs) is not None  # its visual tokens were counted by the first call
         call = report.RECORDER.begin(self)
-        out, stats = _generate(self, original, family, inputs, args, kwargs)
-        if stats is not None:
+        out, stats = _generate(self, original, family, kwargs)
+        if continued:
+            before = after = 0
+            method = None
+        elif stats is not None and not stats.skipped:
             before, after, method = stats.before, stats.after, stats.method
         else:
-            before = after = report.visual_token_count(self, ids, settings_of(self).compress_images)
+            before = after = (stats.before if stats is not None else
+                              report.visual_token_count(self, ids, settings_of(self).compress_images))
             method = None
-        report.RECORDER.end(call, model=self, path=path, samples=samples, before=before, after=after, method=method)
+        report.RECORDER.end(call, model=self, path=path, samples=samples, before=before, after=after, method=method,
+                            skipped=stats is not None and bool(stats.skipped))
         return out
 
     setattr(generate, ATTR_WRAPPED, original)

@@ -1,13 +1,23 @@
 """Shared plumbing of every Qwen-VL family: choose the kept sequence positions and build the
-compressed prefill inputs (ids, masks, labels, 3D M-RoPE positions, encoder outputs), re-padded.
+compressed prefill inputs (ids, masks, labels, embeddings, M-RoPE positions, encoder outputs),
+re-padded.
 
 Semantics (the same as the VidCom² authors' and vLLM's):
 - each video (and, when asked, each image) is compressed on its own with `select`;
-- kept visual tokens keep their original (t, h, w) position ids, and text after a video keeps its
-  original ids, so decoding continues in uncompressed coordinates;
-- only the text-position row (row 0 of the `[4, B, L']` position ids, which transformers uses for
-  masks and packed-sequence detection, never for RoPE) is renumbered contiguously over the kept
-  tokens, exactly as `generate` numbers it from the attention mask.
+- only dropped visual tokens leave the sequence: padding, masked-out tokens and text stay, so a
+  call in which every selection keeps everything is handed to Hugging Face unchanged (bitwise the
+  unpatched model);
+- kept tokens keep the position ids the unpatched model would give them (its own M-RoPE ids, the
+  caller's `position_ids` of any rank, or plain text positions where transformers falls back to
+  them), so decoding continues in uncompressed coordinates;
+- only the text-position row of `[4, B, L]` position ids (which transformers uses for masks and
+  packed-sequence detection, never for RoPE) is renumbered, contiguously within each packed
+  segment, as `generate` numbers it from the attention mask.
+
+Gradients: the selection itself is discrete and runs under `torch.no_grad` (inside `select`);
+the vision tower, the gather of kept rows and everything after run in the caller's grad mode, so
+a caller training through the model gets gradients on the kept tokens (and through them on the
+vision tower); dropped tokens get none. `generate` runs the whole compression under no_grad.
 """
 from __future__ import annotations
 
@@ -23,6 +33,11 @@ import torch
 from ..selection import select
 
 IGNORE_INDEX = -100
+
+# the keyword inputs whose last dimension is the sequence (positions are handled on their own)
+_SEQ_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "labels")
+_PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
+_GRID_INPUTS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,9 @@ class Settings:
 @dataclass
 class PrefillStats:
     """What one compressed prefill did. Token counts are visual tokens (video, and image when
-    images are compressed); `per_sample[b]` lists `(kind, before, after)` per visual item."""
+    images are compressed); `per_sample[b]` lists `(kind, before, after)` per visual item.
+    `skipped` names why a call with visual input could not be compressed (it then ran exactly as
+    unpatched, `after == before`)."""
 
     method: str
     ratio: float
@@ -53,6 +70,7 @@ class PrefillStats:
     seq_len_after: int = 0
     encode_ms: float = 0.0
     compress_ms: float = 0.0
+    skipped: Optional[str] = None
 
     @property
     def kept_fraction(self) -> float:
@@ -72,7 +90,28 @@ class PrefillStats:
             "seq_len_after": self.seq_len_after,
             "encode_ms": self.encode_ms,
             "compress_ms": self.compress_ms,
+            "skipped": self.skipped,
         }
+
+
+@dataclass
+class CompressedPrompt:
+    """How a compressed prompt maps onto the original one, kept with the KV cache it filled so
+    that a follow-up call passing the original ids can be translated (see `translate_continuation`).
+
+    Attributes:
+        original_ids: `[B, L]` the ids the caller passed.
+        compressed: name -> the compressed `[.., B, L']` tensor handed to Hugging Face
+            (`input_ids`, `attention_mask`, `mm_token_type_ids`, `position_ids` where present).
+    """
+
+    original_ids: torch.Tensor
+    compressed: Dict[str, torch.Tensor]
+
+    @property
+    def width_delta(self) -> int:
+        """L - L': how much shorter the compressed prompt is (what `max_length` must lose)."""
+        return int(self.original_ids.shape[1] - self.compressed["input_ids"].shape[1])
 
 
 def _wait_for(device: torch.device) -> None:
@@ -82,123 +121,184 @@ def _wait_for(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _token_positions(input_ids: torch.Tensor, token_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(batch index, sequence index) of every `token_id`, row-major: the order in which the
-    vision tower's features are concatenated across the batch."""
-    b, j = (input_ids == token_id).nonzero(as_tuple=True)
-    return b, j
+def skip_reason(kwargs: Dict[str, Any], settings: Settings) -> Optional[str]:
+    """Why a prefill with visual input cannot be compressed, or None when it can."""
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None:
+        return "inputs_embeds without input_ids: the visual tokens cannot be located"
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        return f"input_ids of shape {tuple(getattr(input_ids, 'shape', ()))} instead of [batch, seq]"
+    encoded = kwargs.get("mm_encoder_outputs") or {}
+    for kind in ("video", "image") if settings.compress_images else ("video",):
+        if encoded.get(kind) is not None and kwargs.get(f"{kind}_grid_thw") is None:
+            return f"{kind} mm_encoder_outputs without {kind}_grid_thw: the frames are unknown"
+    return None
 
 
-def _full_vision_positions(inner, input_ids, attention_mask, kwargs) -> torch.Tensor:
-    """`[3, B, L]` original M-RoPE ids: the caller's, or `get_rope_index` on the full prompt."""
-    given = kwargs.get("position_ids")
-    if given is not None:
-        if given.dim() != 3 or given.shape[0] not in (3, 4):
+def visual_tokens_in(model, kwargs: Dict[str, Any], settings: Settings) -> int:
+    """Visual tokens (video, and image when images count) the call's grids describe."""
+    merge = model.config.vision_config.spatial_merge_size ** 2
+    n = 0
+    for kind in ("video", "image") if settings.compress_images else ("video",):
+        grid = kwargs.get(f"{kind}_grid_thw")
+        if isinstance(grid, torch.Tensor):
+            n += int(grid.prod(-1).sum()) // merge
+    return n
+
+
+def encode(inner, kwargs: Dict[str, Any], encoder_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The call's encoder outputs (`{"image": .., "video": ..}`): the given `mm_encoder_outputs`,
+    plus the vision tower run on the pixel values exactly as the unpatched model runs it."""
+    encoded = dict(kwargs.get("mm_encoder_outputs") or {})
+    for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos")):
+        if encoded.get(kind) is None and kwargs.get(pixels) is not None:
+            get = getattr(inner, f"get_{kind}_features")
+            encoded[kind] = get(kwargs[pixels], kwargs.get(f"{kind}_grid_thw"), return_dict=True, **encoder_kwargs)
+    return encoded
+
+
+def check_placeholders(model, input_ids: torch.Tensor, encoded: Dict[str, Any]) -> None:
+    """Placeholder tokens must match the encoder's feature rows, as transformers checks (with its
+    message) before it computes any position."""
+    for kind in ("image", "video"):
+        out = encoded.get(kind)
+        if out is None:
+            continue
+        tokens = int((input_ids == getattr(model.config, f"{kind}_token_id")).sum())
+        rows = sum(int(f.shape[0]) for f in out.pooler_output)
+        if tokens != rows:
             raise ValueError(
-                f"token_compressor needs 3D M-RoPE position_ids of shape [3 or 4, B, L], got {tuple(given.shape)}"
+                f"{kind.capitalize()} features and {kind} tokens do not match, tokens: {tokens}, features: {rows}"
             )
-        return given[-3:]
-    params = inspect.signature(inner.get_rope_index).parameters
-    rope_kwargs = {
-        k: kwargs[k]
-        for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids")
-        if k in params and kwargs.get(k) is not None
-    }
-    positions, _ = inner.get_rope_index(input_ids, attention_mask=attention_mask, **rope_kwargs)
-    return positions
+
+
+def _call_with(fn, **kwargs):
+    """Call `fn` with the keyword arguments its signature names (the families' signatures differ)."""
+    params = inspect.signature(fn).parameters
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def unpatched_positions(model, input_ids, attention_mask, kwargs, for_generate: bool) -> torch.Tensor:
+    """The position ids the unpatched model would use for this prefill, from transformers' own
+    functions: `[4, B, L]` in `generate` (`_prepare_position_ids_for_generation`), `[3, B, L]` in a
+    direct forward (`compute_3d_position_ids`, or plain text positions where it returns None)."""
+    grids = {k: kwargs.get(k) for k in _GRID_INPUTS}
+    if for_generate:
+        model_kwargs = {k: v for k, v in dict(grids, attention_mask=attention_mask,
+                                              mm_token_type_ids=kwargs.get("mm_token_type_ids")).items()
+                        if v is not None}
+        return model._prepare_position_ids_for_generation(input_ids, model_kwargs)
+    pos = _call_with(model.model.compute_3d_position_ids, input_ids=input_ids, attention_mask=kwargs.get("attention_mask"),
+                     mm_token_type_ids=kwargs.get("mm_token_type_ids"), inputs_embeds=kwargs.get("inputs_embeds"),
+                     past_key_values=None,
+                     **grids)
+    if pos is None:  # transformers falls back to text positions, the same on all three axes
+        B, L = input_ids.shape
+        pos = torch.arange(L, device=input_ids.device).view(1, 1, L).expand(3, B, L)
+    return pos
+
+
+def _layout(keep: torch.Tensor, side: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Where every column of the compressed, re-padded batch comes from.
+
+    Args:
+        keep: bool `[B, L]`, the columns that stay.
+        side: 'left' or 'right': where the new padding goes.
+    Returns:
+        src: int64 `[B, L']`, the source column of each new column (any column where not filled);
+        filled: bool `[B, L']`, True where a kept column landed, False at new padding.
+    """
+    B, L = keep.shape
+    n = keep.sum(1, keepdim=True)
+    Lp = int(n.max()) if B else 0
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept columns first, in order
+    rank = torch.arange(Lp, device=keep.device).expand(B, Lp)
+    if side == "left":
+        rank = rank - (Lp - n)
+    filled = (rank >= 0) & (rank < n)
+    src = order.gather(1, rank.clamp(0, max(L - 1, 0)))
+    return src, filled
+
+
+def _gather(t: torch.Tensor, batch_dim: int, src: torch.Tensor, filled: torch.Tensor, pad) -> torch.Tensor:
+    """`t` (batch in `batch_dim`, sequence in `batch_dim + 1`) with its columns taken from `src`
+    per sample and `pad` at new padding. Differentiable in `t`."""
+    x = t.movedim((batch_dim, batch_dim + 1), (0, 1))
+    if x.shape[0] != src.shape[0]:  # a batch-1 tensor broadcast over the batch (text positions)
+        x = x.expand(src.shape[0], *x.shape[1:])
+    rows = torch.arange(src.shape[0], device=x.device).unsqueeze(1)
+    g = x[rows, src.to(x.device)]
+    f = filled.to(x.device).view(*filled.shape, *([1] * (x.dim() - 2)))
+    g = torch.where(f, g, torch.as_tensor(pad, dtype=g.dtype, device=g.device))
+    return g.movedim((0, 1), (batch_dim, batch_dim + 1))
+
+
+def _renumber_text_row(row: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """Text-position row `[B, L]` with the dropped tokens taken out of the numbering: inside every
+    packed segment (a run where the row grows by 1) later tokens move down by the number of
+    dropped tokens before them in that segment, so the kept tokens stay contiguous."""
+    prev = torch.cat([row[:, :1] - 1, row[:, :-1]], dim=1)
+    start = (row - prev) != 1
+    d = dropped.to(device=row.device, dtype=row.dtype)
+    before = d.cumsum(1) - d
+    at_start = torch.where(start, before, torch.zeros_like(before)).cummax(1).values
+    return row - (before - at_start)
 
 
 def _pad_side(attention_mask: torch.Tensor) -> str:
-    """'left' when any sample has padding before its first real token, else 'right'."""
-    if attention_mask.shape[1] and bool((attention_mask[:, 0] == 0).any()) and bool(attention_mask[:, -1].all()):
-        return "left"
-    return "right"
+    """'right' when some sample ends in padding (right-padded input), else 'left' (the
+    decoder-only convention that `generate` needs)."""
+    if attention_mask.shape[1] and not bool(attention_mask[:, -1].bool().all()):
+        return "right"
+    return "left"
 
 
-def _gather_repad(keep: torch.Tensor, side: str, tensors: Dict[str, Tuple[torch.Tensor, int, Any]]):
-    """Keep the True positions of `keep` [B, L] in every tensor and re-pad to the longest sample.
-
-    Args:
-        keep: bool [B, L].
-        side: 'left' or 'right' padding of the result.
-        tensors: name -> (tensor with the sequence in dim `seq_dim` and batch in `seq_dim - 1`,
-            seq_dim, pad value).
-    Returns: name -> re-padded tensor, and the new bool attention mask [B, L'].
-    """
-    B, _ = keep.shape
-    lengths = keep.sum(1)
-    Lp = int(lengths.max()) if B else 0
-    new_mask = torch.zeros(B, Lp, dtype=torch.bool, device=keep.device)
-    out = {}
-    for name, (t, dim, pad) in tensors.items():
-        shape = list(t.shape)
-        shape[dim] = Lp
-        out[name] = torch.full(shape, pad, dtype=t.dtype, device=t.device)
-    for b in range(B):
-        idx = keep[b].nonzero().squeeze(1)
-        n = idx.numel()
-        dst = slice(Lp - n, Lp) if side == "left" else slice(0, n)
-        new_mask[b, dst] = True
-        for name, (t, dim, _) in tensors.items():
-            # batch is dim - 1: take sample b, then its kept sequence positions
-            src = t.select(dim - 1, b).index_select(dim - 1, idx.to(t.device))
-            out[name].select(dim - 1, b)[..., dst] = src
-    return out, new_mask
-
-
-def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any]):
+def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], *, for_generate: bool,
+                     encoder_kwargs: Optional[Dict[str, Any]] = None, attention_mask: Optional[torch.Tensor] = None):
     """Build compressed prefill inputs for a Qwen-VL `*ForConditionalGeneration` call.
 
     Args:
         model: the `*ForConditionalGeneration` model (its `.model` is the `*VLModel`).
         family: the family's seams (`models.families.Family`).
         settings: enabled `Settings`.
-        kwargs: the call's keyword inputs: `input_ids` [B, L] (required), `attention_mask`,
-            `mm_token_type_ids` (required), pixel values and grids or `mm_encoder_outputs`,
-            optional `labels` [B, L] and `position_ids`.
+        kwargs: the call's keyword inputs: `input_ids` [B, L] (required, see `skip_reason`),
+            `attention_mask`, `mm_token_type_ids`, pixel values and grids or `mm_encoder_outputs`,
+            optional `labels` [B, L], `inputs_embeds` [B, L, D] and `position_ids` ([B, L],
+            [3, B, L] or [4, B, L]).
+        for_generate: positions as `generate` builds them (`[4, B, L]`) rather than `forward`.
+        encoder_kwargs: extra keyword arguments the unpatched forward hands the vision tower.
+        attention_mask: for `generate` without one, the mask `generate` infers.
     Returns:
-        (new kwargs, `PrefillStats`). The new kwargs carry the pruned `input_ids`,
-        `attention_mask`, `mm_token_type_ids`, `labels`, `position_ids` `[4, B, L']` and pruned
-        `mm_encoder_outputs`, and still the pixel values and grids: hand them to the original
-        forward/generate through `encoder_outputs_handover`.
+        (new kwargs for the original forward/generate, `PrefillStats`, `CompressedPrompt` or None).
+        When every selection keeps everything the kwargs are the caller's, with the pixel values
+        replaced by the encoder outputs already computed, and no `CompressedPrompt` (bitwise the
+        unpatched call). Otherwise they carry the compressed sequence inputs, position ids and
+        pruned `mm_encoder_outputs`; pixel values and grids are consumed.
     """
     kwargs = dict(kwargs)
-    input_ids = kwargs.get("input_ids")
-    if input_ids is None:
-        raise ValueError("token_compressor compresses from input_ids; this call passed inputs_embeds only")
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-    if kwargs.get("mm_token_type_ids") is None:
-        raise ValueError(
-            "token_compressor needs mm_token_type_ids (0 text, 1 image, 2 video) to place 3D M-RoPE "
-            "positions; the Qwen-VL processors return it — pass the processor's whole output"
-        )
+    input_ids = kwargs["input_ids"]
     B, L = input_ids.shape
-    attention_mask = kwargs.get("attention_mask")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    inner = model.model
+    given_mask = kwargs.get("attention_mask")
+    mask = given_mask if given_mask is not None else attention_mask
+    if mask is None:
+        mask = torch.ones_like(input_ids)
     cfg = model.config
 
     _wait_for(input_ids.device)
     t_encode = time.perf_counter()
-    encoded = dict(kwargs.pop("mm_encoder_outputs", None) or {})
-    if encoded.get("video") is None and kwargs.get("pixel_values_videos") is not None:
-        encoded["video"] = inner.get_video_features(kwargs["pixel_values_videos"], kwargs.get("video_grid_thw"), return_dict=True)
-    if encoded.get("image") is None and kwargs.get("pixel_values") is not None:
-        encoded["image"] = inner.get_image_features(kwargs["pixel_values"], kwargs.get("image_grid_thw"), return_dict=True)
+    encoded = encode(model.model, kwargs, encoder_kwargs or {})
     _wait_for(input_ids.device)
     t0 = time.perf_counter()
-    encode_ms = (t0 - t_encode) * 1e3
-    vision_pos = _full_vision_positions(inner, input_ids, attention_mask, kwargs)
+    check_placeholders(model, input_ids, encoded)
 
-    keep = attention_mask.bool().clone()
+    dropped = torch.zeros(B, L, dtype=torch.bool, device=input_ids.device)
     stats = PrefillStats(method=settings.method, ratio=settings.ratio, per_sample=[[] for _ in range(B)],
-                         seq_len_before=int(attention_mask.sum()))
+                         seq_len_before=int(mask.sum()))
     modalities = [("video", cfg.video_token_id, "video_grid_thw")]
     if settings.compress_images:
         modalities.append(("image", cfg.image_token_id, "image_grid_thw"))
     options = dict(settings.options)
+    pruned = {}
     for kind, token_id, grid_key in modalities:
         out = encoded.get(kind)
         if out is None:
@@ -207,12 +307,7 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any]):
         grids = kwargs.get(grid_key)
         if grids is None or grids.shape[0] != len(feats):
             raise ValueError(f"{grid_key} is needed to compress {kind}s and must have one row per {kind}")
-        bidx, sidx = _token_positions(input_ids, token_id)
-        if bidx.numel() != sum(f.shape[0] for f in feats):
-            raise ValueError(
-                f"{kind} tokens in input_ids ({bidx.numel()}) do not match the {kind} features "
-                f"({sum(f.shape[0] for f in feats)})"
-            )
+        bidx, sidx = (input_ids == token_id).nonzero(as_tuple=True)  # row-major: the features' order
         kept_rows = []
         offset = 0
         for item, feat in enumerate(feats):
@@ -222,54 +317,137 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any]):
                 raise ValueError(f"{kind} {item} spans several samples: input_ids and grids disagree")
             T = int(grids[item][0])
             sel = select(feat, T, settings.ratio, method=settings.method, **options)
-            dropped = ~sel.mask()
-            keep[b, sidx[offset:offset + n][dropped.to(sidx.device)]] = False
+            dropped[b, sidx[offset:offset + n][~sel.mask().to(sidx.device)]] = True
             kept_rows.append(sel.keep.to(feat.device))
             stats.per_sample[b].append((kind, n, sel.num_kept))
             stats.before += n
             stats.after += sel.num_kept
             offset += n
-        encoded[kind] = family.prune_encoder_output(out, kept_rows)
+        pruned[kind] = family.prune_encoder_output(out, kept_rows)
 
-    side = _pad_side(attention_mask)
+    # consumed here; `encoder_outputs_handover` gives them back where transformers needs them
+    consumed = {key: kwargs.pop(key) for key in _PIXEL_INPUTS if kwargs.get(key) is not None}
+    if not bool(dropped.any()):
+        # nothing to drop: the caller's inputs as they are, the vision tower not run twice
+        kwargs["mm_encoder_outputs"] = encoded
+        stats.seq_len_after = stats.seq_len_before
+        stats.encode_ms = (t0 - t_encode) * 1e3
+        _wait_for(input_ids.device)
+        stats.compress_ms = (time.perf_counter() - t0) * 1e3
+        return _for_this_transformers(model, kwargs, consumed), stats, None
+
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        positions = unpatched_positions(model, input_ids, mask, kwargs, for_generate)
+    if positions.dim() == 3 and positions.shape[0] == 4:
+        positions = torch.cat([_renumber_text_row(positions[0], dropped).unsqueeze(0), positions[1:]], dim=0)
+
+    src, filled = _layout(~dropped, _pad_side(mask))
     pad_id = getattr(model.generation_config, "pad_token_id", None)
     pad_id = 0 if pad_id is None else (pad_id[0] if isinstance(pad_id, (list, tuple)) else int(pad_id))
-    to_gather = {
-        "input_ids": (input_ids, 1, pad_id),
-        "mm_token_type_ids": (kwargs["mm_token_type_ids"], 1, 0),
-        "vision_pos": (vision_pos, 2, 1),
-    }
-    if kwargs.get("labels") is not None:
-        to_gather["labels"] = (kwargs["labels"], 1, IGNORE_INDEX)
-    gathered, new_mask = _gather_repad(keep, side, to_gather)
+    pads = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": 0, "labels": IGNORE_INDEX}
+    seq = {name: kwargs[name] for name in _SEQ_INPUTS if kwargs.get(name) is not None}
+    seq["attention_mask"] = mask
+    new = {name: _gather(t, 0, src, filled, pads[name]) for name, t in seq.items()}
+    if kwargs.get("inputs_embeds") is not None:
+        new["inputs_embeds"] = _gather(kwargs["inputs_embeds"], 0, src, filled, 0.0)
+    new["position_ids"] = _gather(positions, 0 if positions.dim() == 2 else 1, src, filled, 0)
+    if given_mask is None and attention_mask is None and bool(filled.all()):
+        new.pop("attention_mask")  # no mask was given and no padding was added: keep it that way
 
-    new_attention = new_mask.to(attention_mask.dtype)
-    text_row = new_mask.long().cumsum(-1) - 1
-    text_row = text_row.masked_fill(~new_mask, 1)
-    position_ids = torch.cat([text_row.unsqueeze(0).to(vision_pos.device), gathered["vision_pos"]], dim=0)
-    # decoding from a manual loop (no position_ids) adds rope_deltas to the cache length
-    lengths = new_mask.sum(1, keepdim=True)
-    max_pos = gathered["vision_pos"].masked_fill(~new_mask.to(vision_pos.device), -1).amax(dim=(0, 2)).unsqueeze(1)
-    inner.rope_deltas = (max_pos + 1 - lengths.to(max_pos.device))
+    # decoding without position ids (a manual loop, or generate continuing from this cache) adds
+    # rope_deltas to the text position: the next position after each sample's last kept token
+    new_mask = new.get("attention_mask", filled.long()).bool()
+    rope = new["position_ids"]
+    rope = rope.unsqueeze(0) if rope.dim() == 2 else (rope[1:] if rope.shape[0] == 4 else rope)
+    max_pos = rope.masked_fill(~new_mask.to(rope.device), -1).amax(dim=(0, 2)).unsqueeze(1)
+    model.model.rope_deltas = max_pos + 1 - new_mask.sum(1, keepdim=True).to(max_pos.device)
 
-    # pixel values and grids stay: `encoder_outputs_handover` decides what the original call gets
-    kwargs.update(
-        input_ids=gathered["input_ids"],
-        attention_mask=new_attention,
-        mm_token_type_ids=gathered["mm_token_type_ids"],
-        position_ids=position_ids,
-        mm_encoder_outputs=encoded,
-    )
-    if "labels" in gathered:
-        kwargs["labels"] = gathered["labels"]
+    consumed.update({key: kwargs.pop(key) for key in _GRID_INPUTS if kwargs.get(key) is not None})
+    kwargs.update(new)
+    kwargs["mm_encoder_outputs"] = dict(encoded, **pruned)
     stats.seq_len_after = int(new_mask.sum())
-    stats.encode_ms = encode_ms
+    stats.encode_ms = (t0 - t_encode) * 1e3
     _wait_for(input_ids.device)
     stats.compress_ms = (time.perf_counter() - t0) * 1e3
-    return kwargs, stats
+    kwargs = _for_this_transformers(model, kwargs, consumed)
+    record = CompressedPrompt(
+        original_ids=input_ids,
+        compressed={k: v for k, v in new.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids")},
+    )
+    return kwargs, stats, record
 
 
-PIXEL_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+def _expand_rows(t: torch.Tensor, batch_dim: int, rows: int) -> torch.Tensor:
+    if t.shape[batch_dim] == rows:
+        return t
+    if rows % t.shape[batch_dim]:
+        raise ValueError(
+            f"token_compressor: a follow-up batch of {rows} rows does not fit the compressed prompt's "
+            f"{t.shape[batch_dim]} rows"
+        )
+    return t.repeat_interleave(rows // t.shape[batch_dim], dim=batch_dim)
+
+
+def translate_continuation(record: CompressedPrompt, kwargs: Dict[str, Any], cache_len: int,
+                           for_generate: bool) -> Dict[str, Any]:
+    """A follow-up call on a KV cache filled by a compressed prompt, rewritten into the cache's
+    (compressed) coordinates; `cache_len` is the cache's length.
+
+    As with an unpatched model, `generate` takes the full ids (the original prompt, the generated
+    tokens, new text) with a mask of the same length or none, or only the uncached tokens with a
+    full-length mask; `forward` takes the uncached tokens with a full-length mask or none. The
+    prompt part of full-length inputs is replaced by the compressed prompt. New visual input is
+    refused: the cache cannot take it.
+
+    Raises ValueError naming the problem when the inputs do not continue this cache.
+    """
+    kwargs = dict(kwargs)
+    L = record.original_ids.shape[1]
+    delta = record.width_delta
+    if any(kwargs.get(k) is not None for k in _PIXEL_INPUTS) or kwargs.get("mm_encoder_outputs"):
+        raise ValueError(
+            "token_compressor: this past_key_values holds a compressed prompt; a follow-up call can add "
+            "text, not new images or videos (start a new prompt instead)"
+        )
+    ids = kwargs.get("input_ids")
+    mask = kwargs.get("attention_mask")
+    n = ids.shape[1] if isinstance(ids, torch.Tensor) else 0
+    full_ids = for_generate and isinstance(ids, torch.Tensor) and (mask is None or mask.shape[-1] == n)
+    if full_ids:
+        rows = ids.shape[0]
+        prompt = _expand_rows(record.original_ids.to(ids.device), 0, rows)
+        if n < L or n - delta <= cache_len or not torch.equal(ids[:, :L], prompt):
+            raise ValueError(
+                "token_compressor: the input_ids passed with this past_key_values must be the ids the "
+                f"compressed generate returned ({L} prompt ids and the generated ones), extended; got {n} ids "
+                f"for a cache of {cache_len} compressed positions"
+            )
+        for name in ("input_ids", "mm_token_type_ids", "position_ids"):
+            t = kwargs.get(name)
+            if t is None:
+                continue
+            comp = record.compressed.get(name)
+            if comp is None or comp.dim() != t.dim():
+                raise ValueError(
+                    f"token_compressor: {name} of shape {tuple(t.shape)} cannot continue this compressed prompt "
+                    f"(which had {'none' if comp is None else tuple(comp.shape)})"
+                )
+            if name == "mm_token_type_ids" and bool(t[:, L:].any()):
+                raise ValueError("token_compressor: a follow-up of a compressed prompt cannot add visual tokens")
+            comp = _expand_rows(comp.to(t.device), 1 if t.dim() == 3 else 0, rows)
+            kwargs[name] = torch.cat([comp, t[..., L:]], dim=-1)
+    if mask is not None and mask.dim() == 2 and mask.shape[1] == (n if full_ids else cache_len + delta + n):
+        comp = record.compressed.get("attention_mask")
+        comp = torch.ones_like(record.compressed["input_ids"]) if comp is None else comp
+        comp = _expand_rows(comp.to(device=mask.device, dtype=mask.dtype), 0, mask.shape[0])
+        kwargs["attention_mask"] = torch.cat([comp, mask[:, L:]], dim=-1)
+    elif mask is None and full_ids and record.compressed.get("attention_mask") is not None:
+        comp = _expand_rows(record.compressed["attention_mask"].to(ids.device), 0, ids.shape[0])
+        kwargs["attention_mask"] = torch.cat([comp, comp.new_ones(ids.shape[0], n - L)], dim=-1)
+    return kwargs
+
+
 _FEATURES = {"video": ("get_video_features", "video_token_id"), "image": ("get_image_features", "image_token_id")}
 
 
@@ -284,24 +462,35 @@ def takes_encoder_outputs(model_cls: type) -> bool:
     return "mm_encoder_outputs" in inspect.signature(model_cls.forward).parameters
 
 
+def _for_this_transformers(model, kwargs: Dict[str, Any], consumed: Dict[str, Any]) -> Dict[str, Any]:
+    """Where `forward` computes the encoder outputs itself (5.17), the pixel values and grids the
+    compression consumed go back into the call: generate expands them per beam / returned
+    sequence from the grids, and `encoder_outputs_handover` answers the feature calls."""
+    if not takes_encoder_outputs(type(model.model)):
+        kwargs.update(consumed)
+    return kwargs
+
+
 @contextlib.contextmanager
 def encoder_outputs_handover(model, family, kwargs: Dict[str, Any]):
     """Yield the keyword arguments for the original forward/generate of a compressed call.
 
-    With `mm_encoder_outputs` in `forward` (transformers 5.23): the pruned encoder outputs, and no
-    pixel values. Without (5.17): the pixel values and grids stay in the call (generate expands
-    them per beam / returned sequence from the grids), and while the call runs the model's
-    `get_*_features` answer with the pruned outputs instead of running the vision tower; when
-    generate expanded the items, in its order (each sample's items repeated as one block)."""
+    With `mm_encoder_outputs` in `forward` (transformers 5.23): the call as it is. Without (5.17):
+    the call without `mm_encoder_outputs` (its pixel values and grids are in it, see
+    `_for_this_transformers`), and while it runs the model's `get_*_features` answer with those
+    encoder outputs instead of running the vision tower; when generate expanded the items, in
+    its order (each sample's items repeated as one block)."""
     inner = model.model
-    encoded = kwargs.get("mm_encoder_outputs") or {}
-    if takes_encoder_outputs(type(inner)):
-        yield {k: v for k, v in kwargs.items() if k not in PIXEL_KEYS}
+    encoded = kwargs.get("mm_encoder_outputs")
+    if encoded is None or takes_encoder_outputs(type(inner)):
+        yield kwargs
         return
     call = {k: v for k, v in kwargs.items() if k != "mm_encoder_outputs"}
     missing = object()
     before = {}
     for kind, output in encoded.items():
+        if output is None:
+            continue
         name, token_attr = _FEATURES[kind]
         samples = _item_samples(call["input_ids"], getattr(model.config, token_attr), output.pooler_output)
         before[name] = inner.__dict__.get(name, missing)
@@ -318,7 +507,7 @@ def encoder_outputs_handover(model, family, kwargs: Dict[str, Any]):
 
 def _item_samples(input_ids: torch.Tensor, token_id: int, items) -> List[int]:
     """The sample (batch row) of each visual item, from where its tokens sit in `input_ids`."""
-    bidx, _ = _token_positions(input_ids, token_id)
+    bidx, _ = (input_ids == token_id).nonzero(as_tuple=True)  # row-major: the features' order
     out, offset = [], 0
     for f in items:
         out.append(int(bidx[offset]) if f.shape[0] else 0)
