@@ -159,6 +159,11 @@ LOOP_CASES = [
     ("holitom", 5, 0.3, dict(t=0.5)),
     ("holitom", 8, 0.1, dict(t=0.3, max_window_size=3, k=2, beta=0.3)),
     ("holitom", 12, 1.0, dict(t=0.5, positions="centres")),
+    # d > 0: contextual dynamic tokens (at least two clusters per frame: with one, k = 1 and the
+    # density is 1 + jitter, which fp32 rounds into ties that torch.topk breaks arbitrarily)
+    ("holitom", 3, 0.5, dict(d=0.5, t=0.5)),
+    ("holitom", 4, 1.0, dict(d=1.0, t=0.3, k=2, positions="centres")),
+    ("holitom", 9, 0.5, dict(d=0.7, t=0.5, max_window_size=2)),
 ]
 
 
@@ -246,7 +251,7 @@ def test_single_frame_and_single_token(method):
     [
         ("holitom", dict(t=2.0), "HOLITOM_T"),
         ("holitom", dict(beta=-0.1), "HOLITOM_BETA"),
-        ("holitom", dict(d=0.5), "HOLITOM_D"),
+        ("holitom", dict(d=1.5), "HOLITOM_D"),
         ("holitom", dict(k=0), "HOLITOM_K"),
         ("holitom", dict(k=2.5), "HOLITOM_K"),
         ("holitom", dict(max_window_size=0), "HOLITOM_MAX_WINDOW_SIZE"),
