@@ -296,14 +296,17 @@ def test_bad_features_or_ratio(method, x, ratio, match):
     T=st.integers(1, 9), N=st.integers(1, 12), D=st.integers(1, 6),
     ratio=st.floats(0.01, 1.0), seed=st.integers(0, 2**16), static=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+    share=st.sampled_from([0.0, 0.5, 1.0]),
 )
-def test_output_contract(method, T, N, D, ratio, seed, static, dtype):
+def test_output_contract(method, T, N, D, ratio, seed, static, dtype, share):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, N, D, generator=g)
     if static:  # near-static video: HoliTom windows, FastVID long runs
         x = x[:1] + 1e-3 * x
     x = x.to(dtype)
-    mask, rows = METHODS[method](x, ratio)
+    # the share of merged tokens: HoliTom's contextual dynamic tokens, FastVID's context tokens
+    opts = {"d": share} if method == "holitom" else {"stprune_d": share}
+    mask, rows = METHODS[method](x, ratio, **opts)
     K = int(mask.sum())
     assert mask.dtype == torch.bool and mask.shape == (T, N)
     assert 1 <= K and rows.shape == (K, D) and rows.dtype == dtype
@@ -314,7 +317,7 @@ def test_output_contract(method, T, N, D, ratio, seed, static, dtype):
         # salient rows are copies; context rows are convex combinations of input rows
         lo, hi = x.float().amin(dim=(0, 1)), x.float().amax(dim=(0, 1))
         assert bool(((rows.float() >= lo - 1e-3) & (rows.float() <= hi + 1e-3)).all())
-    again = METHODS[method](x, ratio)
+    again = METHODS[method](x, ratio, **opts)
     assert torch.equal(again[0], mask) and torch.equal(again[1], rows)
 
 
