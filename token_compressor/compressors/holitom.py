@@ -23,7 +23,8 @@ The authors' quirks, reproduced by default:
   per clustered window, in window order) or switched off with `jitter=0`.
 
 Where their code is ill-defined (exact ties in `topk`/`argmin`, whose order torch leaves open),
-the choice here is fixed: the lower index wins. They take norms and window means in the input
+the choice here is fixed: the lower index wins. This matters where a set has one cluster:
+`k = min(k, 1) = 1` makes every density `exp(0) + jitter`, which fp32 rounds into ties. They take norms and window means in the input
 dtype; here everything is fp32, so a bf16 video gives the result of its fp32 upcast, rounded to
 bf16 at the end (the golden data are fp32 runs).
 """
@@ -143,6 +144,36 @@ def _rank_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.zeros(B, M, dtype=torch.bool, device=scores.device).scatter_(1, order, ranked)
 
 
+def _cluster_merge(pts, valid, n_centres, k, noise, beta):
+    """DPC-kNN clusters of each padded set, merged: centre -> `beta*centre + (1-beta)*mean`
+    of the set's other points nearest to it (first minimum), or the centre if none.
+
+    Args: pts fp32 `[B, M, D]`, valid bool `[B, M]`, n_centres / k int64 `[B]`, noise `[B, M]`.
+    Returns (set index `[C]`, slot index `[C]`, merged fp32 `[C, D]`) for the C centres,
+    set by set, slots ascending.
+    """
+    B, M, D = pts.shape
+    is_centre, dist = dpc_knn(pts, valid, n_centres, k, noise)
+    to_centre = dist.masked_fill(~is_centre.unsqueeze(1), float("inf")).argmin(-1)  # [B, M]
+    member = valid & ~is_centre
+    flat = (torch.arange(B, device=pts.device).unsqueeze(1) * M + to_centre)[member]
+    acc = pts.new_zeros(B * M, D).index_add_(0, flat, pts[member])
+    cnt = torch.bincount(flat, minlength=B * M).float().view(B, M, 1)
+    bi, mi = is_centre.nonzero(as_tuple=True)
+    c_cnt, c_pts = cnt[bi, mi], pts[bi, mi]
+    mean = acc.view(B, M, D)[bi, mi] / c_cnt.clamp(min=1)
+    return bi, mi, torch.where(c_cnt > 0, beta * c_pts + (1 - beta) * mean, c_pts)
+
+
+def _pack(valid: torch.Tensor):
+    """bool `[B, N]` -> positions int64 `[B, M]` of each row's True entries first, ascending
+    (M = most per row; padding clamped to N-1), and their validity `[B, M]`."""
+    N = valid.shape[1]
+    M = max(1, int(valid.sum(1).max()))
+    pos = torch.sort(torch.where(valid, torch.arange(N, device=valid.device), N), dim=1).values[:, :M]
+    return pos.clamp(max=N - 1), pos < N
+
+
 @register_compressor("holitom")
 def holitom(
     features: torch.Tensor,
@@ -165,8 +196,10 @@ def holitom(
             (see the module docstring).
         t: static threshold on the frame-to-frame cosine similarity (`HOLITOM_T`).
         beta: weight of a cluster centre in its merged token (`HOLITOM_BETA`).
-        d: share of contextual tokens among the dynamic ones (`HOLITOM_D`); only 0 (the
-            authors' default: dynamic tokens are pruned by norm only) is implemented.
+        d: share of contextual tokens among a frame's kept dynamic tokens (`HOLITOM_D`): of
+            its `ceil(n_dynamic*adj)`, `round(.. * (1-d))` are the largest norms (copies), the
+            rest DPC-kNN centres among its other dynamic tokens, merged like the static ones.
+            0 (the authors' default): norms only.
         k: DPC-kNN neighbours, `min(k, clusters)` per window (`HOLITOM_K`).
         max_window_size: longest temporal window in frames (`HOLITOM_MAX_WINDOW_SIZE`).
         positions: `"linspace"` (the authors' placeholder rows) or `"centres"` (true positions).
@@ -182,9 +215,8 @@ def holitom(
         raise ValueError(f"holitom: t (HOLITOM_T) must be a cosine similarity in [-1, 1], got {t!r}")
     if not (0.0 <= float(beta) <= 1.0):
         raise ValueError(f"holitom: beta (HOLITOM_BETA) must be in [0, 1], got {beta!r}")
-    if float(d) != 0.0:
-        raise ValueError(f"holitom: d (HOLITOM_D) = {d!r} is not supported; only 0.0 (the authors' "
-                         "default: dynamic tokens pruned by norm, no contextual tokens) is implemented")
+    if not (0.0 <= float(d) <= 1.0):
+        raise ValueError(f"holitom: d (HOLITOM_D) must be in [0, 1], got {d!r}")
     if int(k) != k or k < 1:
         raise ValueError(f"holitom: k (HOLITOM_K) must be an integer >= 1, got {k!r}")
     if int(max_window_size) != max_window_size or max_window_size < 1:
@@ -218,23 +250,45 @@ def holitom(
     static_tn = static_w[win_of_frame]
     n_static = static_w.sum(1).tolist()
 
-    # dynamic tokens: the ceil(n_dynamic * adj) largest norms of each frame
-    dyn_budget = torch.tensor([math.ceil((N - ns) * adj) for ns in n_static], device=dev)[win_of_frame]
-    dynamic = _rank_mask(norms.masked_fill(static_tn, float("-inf")), dyn_budget) & ~static_tn  # [T, N]
-
-    # static tokens: window means, DPC-kNN clusters, each centre 0.6*itself + 0.4*mean(members)
+    # dynamic tokens, per frame: of ceil(n_dynamic * adj), round(.. * (1-d)) largest norms ("dominant")
+    kept_w = [math.ceil((N - ns) * adj) for ns in n_static]
+    dom_w = [round(kw * (1 - float(d))) for kw in kept_w]
+    ctx_w = [kw - dw for kw, dw in zip(kept_w, dom_w)]
+    dom_budget = torch.tensor(dom_w, device=dev)[win_of_frame]
+    dominant = _rank_mask(norms.masked_fill(static_tn, float("-inf")), dom_budget) & ~static_tn  # [T, N]
     clusters = [round(ns * adj) for ns in n_static]  # Python round: half to even, as theirs
     todo = [w for w in range(W) if clusters[w] > 0]
+    # the jitter, drawn as theirs: per window, its contextual sets frame by frame, then its static set
+    sizes, dyn_draw, st_draw = [], [], []
+    for w in range(W):
+        if ctx_w[w] > 0:
+            dyn_draw += range(len(sizes), len(sizes) + int(lengths[w]))
+            sizes += [N - n_static[w] - dom_w[w]] * int(lengths[w])
+        if clusters[w] > 0:
+            st_draw.append(len(sizes))
+            sizes.append(n_static[w])
+    draws = jitter_draws(sizes, seed, float(jitter), "cpu")
+
+    # contextual dynamic tokens: DPC-kNN centres among each frame's other dynamic tokens
+    ctx_frames = (torch.tensor(ctx_w, device=dev)[win_of_frame] > 0).nonzero().flatten()
+    x_frame = x_tok = x_rows = None
+    if ctx_frames.numel():
+        rest = ~static_tn[ctx_frames] & ~dominant[ctx_frames]
+        pos_c, packed_valid = _pack(rest)
+        pts = features[ctx_frames.unsqueeze(1), pos_c].float()
+        n_c = torch.tensor(ctx_w, device=dev)[win_of_frame[ctx_frames]]
+        noise = pad_jitter([draws[i] for i in dyn_draw], pos_c.shape[1], dev) if jitter > 0 else None
+        bi, mi, x_rows = _cluster_merge(pts, packed_valid, n_c, n_c.clamp(max=int(k)), noise, beta)
+        x_frame, x_tok = ctx_frames[bi], pos_c[bi, mi]
+
+    # static tokens: window means, DPC-kNN clusters, each centre 0.6*itself + 0.4*mean(members)
     c_frame = c_tok = merged = None
     if todo:
         sel = torch.tensor(todo, device=dev)
         B = len(todo)
-        valid = static_w[sel]
-        # pack each window's static tokens to the front, ascending position
-        M = max(n_static[w] for w in todo)
-        pos = torch.sort(torch.where(valid, torch.arange(N, device=dev), N), dim=1).values[:, :M]
-        packed_valid = pos < N
-        pos_c = pos.clamp(max=N - 1)
+        # each window's static tokens packed to the front, ascending position
+        pos_c, packed_valid = _pack(static_w[sel])
+        M = pos_c.shape[1]
         # window means as one sparse product (sum over the window's frames in time order, then
         # / frames): no copy of the window's rows
         Lw = lengths[sel]
@@ -257,31 +311,22 @@ def holitom(
             pts[r0:r1] += torch.sparse.mm(part, x.reshape(-1, D))
         pts = pts.view(B, M, D) / Lw.view(B, 1, 1).float()
         n_c = torch.tensor([clusters[w] for w in todo], device=dev)
-        k_w = n_c.clamp(max=int(k))
-        noise = None
-        if jitter > 0:
-            noise = pad_jitter(jitter_draws([n_static[w] for w in todo], seed, float(jitter), "cpu"), M, dev)
-        is_centre, dist = dpc_knn(pts, packed_valid, n_c, k_w, noise)
-        # every other static token joins its nearest centre (first minimum)
-        to_centre = dist.masked_fill(~is_centre.unsqueeze(1), float("inf")).argmin(-1)  # [B, M]
-        member = packed_valid & ~is_centre
-        flat = (torch.arange(B, device=dev).unsqueeze(1) * M + to_centre)[member]
-        acc = pts.new_zeros(B * M, D).index_add_(0, flat, pts[member])
-        cnt = torch.bincount(flat, minlength=B * M).float().view(B, M, 1)
-        bi, mi = is_centre.nonzero(as_tuple=True)
-        c_cnt = cnt[bi, mi]
-        c_pts = pts[bi, mi]
-        merged = torch.where(c_cnt > 0, beta * c_pts + (1 - beta) * acc.view(B, M, D)[bi, mi] / c_cnt.clamp(min=1), c_pts)
+        noise = pad_jitter([draws[i] for i in st_draw], M, dev) if jitter > 0 else None
+        bi, mi, merged = _cluster_merge(pts, packed_valid, n_c, n_c.clamp(max=int(k)), noise, beta)
         c_frame = starts[sel][bi]  # a cluster sits at its centre's position in the window's first frame
         c_tok = pos_c[bi, mi]
 
-    dt, dn = dynamic.nonzero(as_tuple=True)
-    rows = features[dt, dn]
-    is_static = torch.zeros(dt.numel(), dtype=torch.bool, device=dev)
+    # output rows with their kind: 0 static (at the window's first frame), 1 dominant, 2 contextual
+    dt, dn = dominant.nonzero(as_tuple=True)
+    parts = [(dt, dn, features[dt, dn], 1)]
+    if x_rows is not None:
+        parts.append((x_frame, x_tok, x_rows.to(features.dtype), 2))
     if merged is not None:
-        dt, dn = torch.cat([dt, c_frame]), torch.cat([dn, c_tok])
-        rows = torch.cat([rows, merged.to(features.dtype)])
-        is_static = torch.cat([is_static, torch.ones(c_tok.numel(), dtype=torch.bool, device=dev)])
+        parts.append((c_frame, c_tok, merged.to(features.dtype), 0))
+    dt = torch.cat([p[0] for p in parts])
+    dn = torch.cat([p[1] for p in parts])
+    rows = torch.cat([p[2] for p in parts])
+    kind = torch.cat([torch.full_like(p[0], p[3]) for p in parts])
     K = dt.numel()
     if K == 0:
         mask = torch.zeros(T, N, dtype=torch.bool, device=dev)
@@ -292,8 +337,8 @@ def holitom(
         where = dt * N + dn
         mask[where] = True
         return mask.view(T, N), rows[torch.argsort(where)]
-    # authors' row order: per window, its static rows by position, then its dynamic rows frame by
-    # frame. Key: static (start s, i) -> 2sN + i; dynamic (t, i) -> 2tN + N + i.
-    key = 2 * dt * N + dn + torch.where(is_static, 0, N)
+    # authors' row order: per window, its static rows by position, then frame by frame its
+    # dominant rows by position, then its contextual rows by position: key (t, kind, i)
+    key = (3 * dt + kind) * N + dn
     mask[torch.linspace(0, T * N - 1, K, dtype=torch.long, device=dev)] = True
     return mask.view(T, N), rows[torch.argsort(key)]

@@ -134,9 +134,9 @@ def fastvid_reference(features, ratio, *, dyseg_c=8, dyseg_tau=0.84, dyseg_ignor
     return mask, torch.stack([rows[i] for i in keep])
 
 
-def holitom_reference(features, ratio, *, t=0.8, beta=0.6, k=7, max_window_size=1024, positions="linspace",
+def holitom_reference(features, ratio, *, t=0.8, beta=0.6, d=0.0, k=7, max_window_size=1024, positions="linspace",
                       jitter=1e-6, seed=0, compute_dtype=torch.float32):
-    """HoliTom (d = 0) `[T, N, D]` -> (mask bool `[T, N]`, merged `[K, D]`), loops as the authors'."""
+    """HoliTom `[T, N, D]` -> (mask bool `[T, N]`, merged `[K, D]`), loops as the authors'."""
     T, N, D = features.shape
     x = features.to(compute_dtype)
     gen = torch.Generator().manual_seed(seed) if jitter > 0 else None
@@ -162,34 +162,49 @@ def holitom_reference(features, ratio, *, t=0.8, beta=0.6, k=7, max_window_size=
     adj = adjusted_ratio(ratio, T * N, dp[T - 1])
     norms = x.norm(dim=-1)
     out, src = [], []
+
+    def clusters(pts, n_clusters, draw):
+        """(centres ascending, merged rows) of the rows of `pts`, per cluster as the authors."""
+        centres, dist = _dpc_centres(pts, n_clusters, min(k, n_clusters), draw)
+        nearest = dist[:, centres].argmin(1)
+        rows = []
+        for c_i, c in enumerate(centres.tolist()):
+            members = (nearest == c_i).clone()
+            members[centres] = False
+            rows.append(beta * pts[c] + (1 - beta) * pts[members].mean(0) if bool(members.any()) else pts[c])
+        return centres, rows
+
     for s, e in windows:
         if e > s:
             static = (fs[s:e] > t).all(0)
         else:
             static = torch.zeros(N, dtype=torch.bool)
         st_pos = static.nonzero().flatten()
+        dyn_pos = (~static).nonzero().flatten()
+        kd = math.ceil(dyn_pos.numel() * adj)
+        n_dom = round(kd * (1 - d))
+        dyn_out, dyn_src = [], []
+        for f in range(s, e + 1):  # the dynamic tokens first: their jitter is drawn first
+            order = torch.topk(norms[f, dyn_pos], n_dom).indices if n_dom else dyn_pos[:0]
+            top = torch.sort(dyn_pos[order]).values
+            for i in top.tolist():
+                dyn_out.append(features[f, i])
+                dyn_src.append(f * N + i)
+            if kd - n_dom > 0:
+                is_top = torch.zeros(N, dtype=torch.bool)
+                is_top[top] = True
+                rest = dyn_pos[~is_top[dyn_pos]]
+                centres, rows = clusters(x[f, rest], kd - n_dom, _jitter(rest.numel(), gen, jitter, x.dtype))
+                dyn_out += [r.to(features.dtype) for r in rows]
+                dyn_src += [f * N + int(rest[c]) for c in centres.tolist()]
         n_clusters = round(st_pos.numel() * adj)
         if n_clusters > 0:
             pts = x[s:e + 1, st_pos].mean(0)
-            centres, dist = _dpc_centres(pts, n_clusters, min(k, n_clusters),
-                                         _jitter(st_pos.numel(), gen, jitter, x.dtype))
-            nearest = dist[:, centres].argmin(1)
-            for c_i, c in enumerate(centres.tolist()):  # per cluster, as the authors
-                members = (nearest == c_i).clone()
-                members[centres] = False
-                if bool(members.any()):
-                    row = beta * pts[c] + (1 - beta) * pts[members].mean(0)
-                else:
-                    row = pts[c]
-                out.append(row.to(features.dtype))
-                src.append(s * N + int(st_pos[c]))
-        dyn_pos = (~static).nonzero().flatten()
-        kd = math.ceil(dyn_pos.numel() * adj)
-        for f in range(s, e + 1):
-            top = torch.sort(dyn_pos[torch.topk(norms[f, dyn_pos], kd).indices]).values if kd else dyn_pos[:0]
-            for i in top.tolist():
-                out.append(features[f, i])
-                src.append(f * N + i)
+            centres, rows = clusters(pts, n_clusters, _jitter(st_pos.numel(), gen, jitter, x.dtype))
+            out += [r.to(features.dtype) for r in rows]
+            src += [s * N + int(st_pos[c]) for c in centres.tolist()]
+        out += dyn_out
+        src += dyn_src
     mask = torch.zeros(T * N, dtype=torch.bool)
     if not out:
         mask[0] = True
