@@ -35,12 +35,14 @@ def prune_with_deepstack(output, kept_rows: List[torch.Tensor]):
 
 
 def deepstack_for_forward(output, order: List[int]):
-    """Items `order` of a pruned output, deepstack layers concatenated as 5.17's forward uses
-    them (`[sum k_i, D]` per layer)."""
+    """Items `order` of an encoder output (pruned or not), deepstack layers concatenated as 5.17's
+    forward uses them (`[sum k_i, D]` per layer)."""
+    sizes = [f.shape[0] for f in output.pooler_output]
     new = select_pooled(output, order)
     deepstack = getattr(output, "deepstack_features", None)
-    if deepstack is not None:
-        new.deepstack_features = [torch.cat([layer[i] for i in order], dim=0) for layer in deepstack]
+    if deepstack is not None:  # pruned (per item) or as the vision tower returned it (5.17: one tensor)
+        new.deepstack_features = [torch.cat([items[i] for i in order], dim=0)
+                                  for items in (_per_item(layer, sizes) for layer in deepstack)]
     return new
 
 
