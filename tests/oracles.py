@@ -7,10 +7,12 @@ from tiny_models import VIDEO
 SPECIAL = list(range(250, 256))  # image, video, vision start/end ids of the tiny vocabulary
 
 
-def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_id=VIDEO):
+def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_id=VIDEO, merged=True, **options):
     """Oracle inputs for one unpadded sample, built without token_compressor.models: the kept
-    video rows from `tc.select` on the model's own features, ids and features sliced, original
-    3D positions sliced, text row renumbered 0..L'-1."""
+    video rows from `tc.select` on the model's own features, ids sliced, the kept tokens carrying
+    their features (a merging compressor's merged rows when `merged`, else their own rows),
+    original 3D positions sliced, text row renumbered 0..L'-1. Qwen3-VL's deepstack features are
+    the kept rows' own (the authors never merge them)."""
     inner = model.model
     ids = sample["input_ids"].unsqueeze(0)
     mm = sample["mm_token_type_ids"].unsqueeze(0)
@@ -25,11 +27,11 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
     kept_feats, kept_deep, offset = [], [], 0
     for v, feat in enumerate(enc.pooler_output):
         n = feat.shape[0]
-        sel = tc.select(feat, int(sample["video_grid_thw"][v][0]), ratio, method=method)
+        sel = tc.select(feat, int(sample["video_grid_thw"][v][0]), ratio, method=method, **options)
         drop = torch.ones(n, dtype=torch.bool)
         drop[sel.keep] = False
         keep[video_pos[offset:offset + n][drop]] = False
-        kept_feats.append(feat[sel.keep])
+        kept_feats.append(sel.kept_features(feat) if merged else feat[sel.keep])
         kept_deep.append(sel.keep)
         offset += n
     enc.pooler_output = tuple(kept_feats)
@@ -45,6 +47,19 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
         "position_ids": position_ids,
         "mm_encoder_outputs": {"video": enc},
     }
+
+
+def as_inputs_embeds(model, oracle, video_token_id=VIDEO):
+    """The same oracle through the language model's `inputs_embeds` path (Qwen2-VL, Qwen2.5-VL:
+    no deepstack): token embeddings of the pruned ids with the kept video features written at the
+    video positions, original positions, no ids and no encoder outputs."""
+    ids = oracle["input_ids"]
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+    feats = torch.cat(list(oracle["mm_encoder_outputs"]["video"].pooler_output)).to(embeds.dtype)
+    embeds[ids == video_token_id] = feats
+    return {"inputs_embeds": embeds, "attention_mask": oracle["attention_mask"],
+            "position_ids": oracle["position_ids"]}
 
 
 def greedy_uncached(model, inputs, steps, suppress=SPECIAL):

@@ -190,7 +190,7 @@ def check_method_options(method: str, options: Mapping) -> dict:
     try:
         return {k: (v if v is None else parse_method_option(method, k, v)) for k, v in options.items()}
     except ConfigError as e:
-        raise ValueError(f"{method}: {e}") from None
+        raise ConfigError(f"{method}: {e}") from None
 
 
 def method_options_from_env(method: Optional[str], environ: Optional[Mapping[str, str]] = None) -> dict:

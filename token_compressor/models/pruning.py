@@ -201,7 +201,7 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any]):
                 f"{kind} tokens in input_ids ({bidx.numel()}) do not match the {kind} features "
                 f"({sum(f.shape[0] for f in feats)})"
             )
-        kept_rows = []
+        kept_rows, merged = [], []
         offset = 0
         for item, feat in enumerate(feats):
             n = feat.shape[0]
@@ -213,11 +213,12 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any]):
             dropped = ~sel.mask()
             keep[b, sidx[offset:offset + n][dropped.to(sidx.device)]] = False
             kept_rows.append(sel.keep.to(feat.device))
+            merged.append(sel.features)
             stats.per_sample[b].append((kind, n, sel.num_kept))
             stats.before += n
             stats.after += sel.num_kept
             offset += n
-        encoded[kind] = family.prune_encoder_output(out, kept_rows)
+        encoded[kind] = with_merged_features(family.prune_encoder_output(out, kept_rows), merged)
 
     side = _pad_side(attention_mask)
     pad_id = getattr(model.generation_config, "pad_token_id", None)
@@ -264,3 +265,17 @@ def prune_pooled(output, kept_rows: List[torch.Tensor]):
     new = type(output)(**fields)
     new.pooler_output = tuple(f.index_select(0, k) for f, k in zip(output.pooler_output, kept_rows))
     return new
+
+
+def with_merged_features(output, merged: List[Optional[torch.Tensor]]):
+    """A pruned encoder output whose item i carries `merged[i]` (`[K_i, D]`, a merging
+    compressor's replacement rows in kept order) instead of its kept rows; items with None (pruning
+    compressors) are left as they are. Only `pooler_output`, the features scattered into the
+    language model's embeddings, changes: Qwen3-VL's deepstack features stay index-selected with
+    the same kept rows, as in the VidCom² authors' Qwen code (they never merge them)."""
+    if all(m is None for m in merged):
+        return output
+    output.pooler_output = tuple(
+        f if m is None else m.to(dtype=f.dtype, device=f.device) for f, m in zip(output.pooler_output, merged)
+    )
+    return output
