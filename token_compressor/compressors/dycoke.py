@@ -27,9 +27,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..config import check_method_options
+from ..kernels.torch_scores import BLOCK_ROWS, EPS
 from ..registry import register_compressor
 from .vidcom2 import keep_lowest_per_frame
 
@@ -62,6 +62,47 @@ def dycoke_tokens_per_pruned_frame(tokens_per_frame: int, ratio: float, k: Optio
     return int(keep_ratio * tokens_per_frame)
 
 
+def neighbour_cosines(features: torch.Tensor):
+    """fp32 cosine of every token to the token at the same position one and two frames back,
+    where DyCoke needs them.
+
+    Args:
+        features: `[T, N, D]`, any float dtype.
+    Returns:
+        (`[T, N]` cosine to frame t-1, filled for odd t; `[T, N]` cosine to frame t-2, filled
+        for t = 2 mod 4; 0 elsewhere). `cos = a.b / (max(|a|, eps) max(|b|, eps))`, as
+        `F.normalize` then a dot product.
+
+    Both kinds of pair lie inside aligned groups of 4 frames and compare tokens at the same
+    position, so the video is read once in cache-sized blocks (groups of 4 frames x up to 64
+    token positions, ~BLOCK_ROWS rows) upcast into one reused fp32 buffer: no fp32 copy of the
+    whole video (on CPU a fresh 100 MiB buffer costs more in page faults than the arithmetic).
+    """
+    T, N, D = features.shape
+    fp32 = dict(dtype=torch.float32, device=features.device)
+    to_previous = torch.zeros(T, N, **fp32)
+    to_second = torch.zeros(T, N, **fp32)
+    chunk = min(N, 64)
+    frames = 4 * max(1, BLOCK_ROWS // (4 * chunk))
+    buf = torch.empty(min(frames, T), chunk, D, **fp32)
+    work = torch.empty(min(frames, T) // 2 or 1, chunk, D, **fp32)
+    for f0 in range(0, T, frames):  # f0 is a multiple of 4: local and global parity agree
+        nf = min(frames, T - f0)
+        for i0 in range(0, N, chunk):
+            i1 = min(i0 + chunk, N)
+            b = buf[:nf, : i1 - i0].copy_(features[f0:f0 + nf, i0:i1])
+            inv = torch.linalg.vector_norm(b, dim=-1).clamp_min_(EPS).reciprocal_()
+            pairs = nf // 2  # (1, 0), (3, 2), ...
+            if pairs:
+                dots = torch.mul(b[1:2 * pairs:2], b[0:2 * pairs:2], out=work[:pairs, : i1 - i0]).sum(dim=-1)
+                to_previous[f0 + 1:f0 + 2 * pairs:2, i0:i1] = dots * inv[1:2 * pairs:2] * inv[0:2 * pairs:2]
+            later = len(range(2, nf, 4))  # (2, 0) of each group
+            if later:
+                dots = torch.mul(b[2::4], b[0:4 * later:4], out=work[:later, : i1 - i0]).sum(dim=-1)
+                to_second[f0 + 2:f0 + nf:4, i0:i1] = dots * inv[2::4] * inv[0:4 * later:4]
+    return to_previous, to_second
+
+
 @register_compressor("dycoke")
 def dycoke(features: torch.Tensor, ratio: float, *, k: Optional[float] = None, num_tokens_per_frame: int = -1,
            keep_last_frame: bool = False) -> torch.Tensor:
@@ -87,8 +128,8 @@ def dycoke(features: torch.Tensor, ratio: float, *, k: Optional[float] = None, n
     if keep_last_frame and T % 2:
         mask[T - 1] = True
     per_frame = dycoke_tokens_per_pruned_frame(N, ratio, k)
-    x = F.normalize(features.float(), dim=-1)
-    sim = (x[pruned] * x[reference]).sum(dim=-1)  # [P, N] cosine to the same position, fp32
+    to_previous, to_second_previous = neighbour_cosines(features)
+    sim = torch.where(((pruned - reference) == 1).unsqueeze(1), to_previous[pruned], to_second_previous[pruned])
     budgets = torch.full((pruned.numel(),), per_frame, dtype=torch.long, device=features.device)
     mask[pruned] = keep_lowest_per_frame(sim, budgets)
     return mask

@@ -16,10 +16,14 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ..config import check_method_options
+from ..kernels.torch_scores import EPS, _Blocks
 from ..registry import register_compressor
+
+
+# rows per block of whole frames (4 frames of 256 tokens: a 14 MiB fp32 buffer)
+FRAME_BLOCK_ROWS = 1024
 
 
 def visionzip_counts(tokens_per_frame: int, ratio: float, dominant_ratio: float = 0.6) -> Tuple[int, int]:
@@ -30,32 +34,68 @@ def visionzip_counts(tokens_per_frame: int, ratio: float, dominant_ratio: float 
     return dominant, K - dominant
 
 
-def contextual_anchors(rest: torch.Tensor, contextual: int, k_neighbors: int):
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`x[f, index[f, j]]` for x `[F, M, D]`, index `[F, J]` -> `[F, J, D]`, as one row
+    index_select (a `gather` with an expanded index is several times slower on CPU)."""
+    F_, M, D = x.shape
+    flat = (index + torch.arange(F_, device=index.device).unsqueeze(1) * M).reshape(-1)
+    return x.reshape(F_ * M, D).index_select(0, flat).view(F_, index.shape[1], D)
+
+
+def contextual_anchors(rest: torch.Tensor, inv_norm: torch.Tensor, contextual: int, k_neighbors: int):
     """Density anchors and the merged groups among every frame's non-dominant tokens.
 
     Args:
-        rest: fp32 `[T, n, D]`, each frame's remaining tokens in ascending position order.
+        rest: fp32 `[F, n, D]`, each frame's remaining tokens in ascending position order.
+        inv_norm: fp32 `[F, n]`, `1 / max(|rest|, eps)`.
         contextual: anchors per frame, 1 <= contextual < n.
         k_neighbors: neighbours in the density.
     Returns:
-        (anchors int64 `[T, c]`, ascending indices into `rest`; merged fp32 `[T, c, D]`: the mean
+        (anchors int64 `[F, c]`, ascending indices into `rest`; merged fp32 `[F, c, D]`: the mean
         of every remaining token whose most similar anchor it is, the anchor itself included).
     """
-    T, n, D = rest.shape
-    unit = F.normalize(rest, dim=-1)
-    sim = torch.bmm(unit, unit.transpose(1, 2))  # [T, n, n]
+    F_, n, D = rest.shape
+    # cosines of the normalised rows, without materialising them
+    sim = torch.bmm(rest, rest.transpose(1, 2)).mul_(inv_norm.unsqueeze(2)).mul_(inv_norm.unsqueeze(1))
     # the largest similarity of a row is normally its own (1): the authors drop it
     density = sim.topk(min(k_neighbors + 1, n), dim=-1).values[..., 1:].mean(dim=-1)
-    anchors = density.topk(contextual, dim=-1).indices.sort(dim=-1).values  # [T, c]
-    to_anchor = sim.gather(2, anchors.unsqueeze(1).expand(T, n, contextual))  # [T, n, c]
-    group = to_anchor.argmax(dim=-1)  # [T, n], first maximum on ties
-    sums = torch.zeros(T, contextual, D, dtype=rest.dtype, device=rest.device)
-    sums.scatter_add_(1, group.unsqueeze(-1).expand(T, n, D), rest)
-    counts = torch.zeros(T, contextual, dtype=rest.dtype, device=rest.device)
-    counts.scatter_add_(1, group, torch.ones_like(group, dtype=rest.dtype))
-    anchor_rows = rest.gather(1, anchors.unsqueeze(-1).expand(T, contextual, D))
-    merged = torch.where(counts.unsqueeze(-1) > 0, sums / counts.clamp(min=1).unsqueeze(-1), anchor_rows)
+    anchors = density.topk(contextual, dim=-1).indices.sort(dim=-1).values  # [F, c]
+    to_anchor = sim.gather(2, anchors.unsqueeze(1).expand(F_, n, contextual))  # [F, n, c]
+    group = to_anchor.argmax(dim=-1)  # [F, n], first maximum on ties
+    # group sums as one matmul with the one-hot assignment (exact 0/1 weights: a lone anchor
+    # stays a bitwise copy); much faster on CPU than a scatter-add over [F, n, D]
+    onehot = torch.zeros(F_, contextual, n, dtype=rest.dtype, device=rest.device)
+    onehot.scatter_(1, group.unsqueeze(1), 1.0)
+    counts = onehot.sum(dim=2, keepdim=True)  # [F, c, 1], >= 1 for an anchor that is its own best
+    sums = torch.bmm(onehot, rest)
+    anchor_rows = _rows(rest, anchors)
+    merged = torch.where(counts > 0, sums / counts.clamp(min=1), anchor_rows)
     return anchors, merged
+
+
+def visionzip_frames(frames: torch.Tensor, dominant: int, contextual: int, k_neighbors: int):
+    """VisionZip on a block of frames at once.
+
+    Args:
+        frames: fp32 `[F, N, D]`.
+    Returns:
+        (positions int64 `[F, K]` ascending, rows fp32 `[F, K, D]`), `K = dominant + contextual`.
+    """
+    F_, N, D = frames.shape
+    norms = torch.linalg.vector_norm(frames, dim=-1)  # [F, N], stands in for the encoder's attention
+    dom = norms.topk(dominant, dim=-1).indices
+    pos, rows = dom, _rows(frames, dom)
+    if contextual > 0:
+        is_dom = torch.zeros(F_, N, dtype=torch.bool, device=frames.device).scatter_(1, dom, True)
+        n = N - dominant
+        rest_pos = (~is_dom).nonzero()[:, 1].view(F_, n)  # ascending per frame
+        rest = _rows(frames, rest_pos)
+        inv = norms.gather(1, rest_pos).clamp_min_(EPS).reciprocal_()
+        anchors, merged = contextual_anchors(rest, inv, contextual, k_neighbors)
+        pos = torch.cat([dom, rest_pos.gather(1, anchors)], dim=1)
+        rows = torch.cat([rows, merged], dim=1)
+    order = pos.argsort(dim=1)
+    return pos.gather(1, order), _rows(rows, order)
 
 
 @register_compressor("visionzip")
@@ -75,23 +115,15 @@ def visionzip(features: torch.Tensor, ratio: float, *, dominant_ratio: float = 0
     check_method_options("visionzip", {"dominant_ratio": dominant_ratio, "k_neighbors": k_neighbors})
     T, N, D = features.shape
     dominant, contextual = visionzip_counts(N, ratio, dominant_ratio)
-    x = features.float()
-    dom = x.norm(dim=-1).topk(dominant, dim=-1).indices  # [T, dominant]
+    K = dominant + contextual
+    if K == N:  # every remaining token is its own anchor: nothing merges
+        return torch.ones(T, N, dtype=torch.bool, device=features.device), features.reshape(T * N, D).clone()
     mask = torch.zeros(T, N, dtype=torch.bool, device=features.device)
-    mask.scatter_(1, dom, True)
-    if contextual == 0:
-        return mask, features[mask]
-    n = N - dominant
-    rest_pos = (~mask).nonzero()[:, 1].view(T, n)  # ascending per frame
-    if contextual >= n:  # every remaining token is its own anchor: nothing merges
-        return mask.fill_(True), features.reshape(T * N, D).clone()
-    rest = x.gather(1, rest_pos.unsqueeze(-1).expand(T, n, D))
-    anchors, merged = contextual_anchors(rest, contextual, k_neighbors)
-    anchor_pos = rest_pos.gather(1, anchors)
-    mask.scatter_(1, anchor_pos, True)
-    # kept rows in ascending position: dominant copies and merged anchors, sorted per frame
-    pos = torch.cat([dom, anchor_pos], dim=1)
-    rows = torch.cat([features.gather(1, dom.unsqueeze(-1).expand(T, dominant, D)), merged.to(features.dtype)], dim=1)
-    order = pos.argsort(dim=1)
-    rows = rows.gather(1, order.unsqueeze(-1).expand(T, dominant + contextual, D))
-    return mask, rows.reshape(T * (dominant + contextual), D)
+    rows = torch.empty(T, K, D, dtype=features.dtype, device=features.device)
+    # frames are independent: blocks of whole frames, upcast to fp32 in a reused buffer
+    for s, e, block, _ in _Blocks(features.reshape(T * N, D), max(1, FRAME_BLOCK_ROWS // N) * N):
+        f0, f1 = s // N, e // N
+        pos, kept = visionzip_frames(block.view(f1 - f0, N, D), dominant, contextual, k_neighbors)
+        mask[f0:f1].scatter_(1, pos, True)
+        rows[f0:f1] = kept  # dominant rows round-trip exactly to the input dtype
+    return mask, rows.reshape(T * K, D)
