@@ -6,7 +6,9 @@ ones (largest feature norm, standing in for the vision encoder's attention, whic
 merger output does not expose) as copies, and `K - dominant` contextual anchors among the rest:
 the tokens of highest density (mean cosine similarity to their `k_neighbors` nearest remaining
 tokens). Every remaining token joins its most similar anchor, and an anchor's features become the
-plain mean of its group (itself included). All frames at once: no loop over frames or anchors.
+plain mean of its group (itself included). Frames go in blocks of whole frames (4 at N = 256;
+all of a small video) upcast into one reused fp32 buffer, each block at once: no loop over single
+frames or anchors.
 
 Scoring (norms, similarities, means) is fp32 from any input dtype (the authors compute in the
 model's dtype); the returned rows are in the input dtype. At r = 1 every token is kept unchanged.
