@@ -61,7 +61,7 @@ def runs(tmp_path_factory):
                                         {"COMPRESSOR": "dycoke", "DYCOKE_K": "2"}),
         }
         jobs = {name: (cmd, H.clean_env(env, root)) for name, (cmd, env) in jobs.items()}
-        done = H.run_many(jobs, root)
+        done = H.run_many(jobs, root, timeout=900)  # 9 runs, 3 at a time
         planner_requests = len(server.planner_requests())
     return {"root": root, "done": done, "planner_requests": planner_requests}
 
