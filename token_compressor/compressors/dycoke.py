@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from ..config import check_method_options
-from ..kernels.torch_scores import BLOCK_ROWS, EPS
+from ..kernels.torch_scores import EPS
 from ..registry import register_compressor
 from .vidcom2 import keep_lowest_per_frame
 
@@ -74,32 +74,30 @@ def neighbour_cosines(features: torch.Tensor):
         `F.normalize` then a dot product.
 
     Both kinds of pair lie inside aligned groups of 4 frames and compare tokens at the same
-    position, so the video is read once in cache-sized blocks (groups of 4 frames x up to 64
-    token positions, ~BLOCK_ROWS rows) upcast into one reused fp32 buffer: no fp32 copy of the
-    whole video (on CPU a fresh 100 MiB buffer costs more in page faults than the arithmetic).
+    position, so the video is read once in cache-sized blocks (4 frames x up to 64 token
+    positions) upcast into one reused fp32 buffer: no fp32 copy of the whole video (on CPU a
+    fresh 100 MiB buffer costs more in page faults than the arithmetic).
     """
     T, N, D = features.shape
     fp32 = dict(dtype=torch.float32, device=features.device)
     to_previous = torch.zeros(T, N, **fp32)
     to_second = torch.zeros(T, N, **fp32)
     chunk = min(N, 64)
-    frames = 4 * max(1, BLOCK_ROWS // (4 * chunk))
-    buf = torch.empty(min(frames, T), chunk, D, **fp32)
-    work = torch.empty(min(frames, T) // 2 or 1, chunk, D, **fp32)
-    for f0 in range(0, T, frames):  # f0 is a multiple of 4: local and global parity agree
-        nf = min(frames, T - f0)
+    buf = torch.empty(chunk, 4, D, **fp32)
+    for f0 in range(0, T, 4):
+        nf = min(4, T - f0)
+        odd = torch.arange(1, nf, 2, device=features.device)
         for i0 in range(0, N, chunk):
             i1 = min(i0 + chunk, N)
-            b = buf[:nf, : i1 - i0].copy_(features[f0:f0 + nf, i0:i1])
-            inv = torch.linalg.vector_norm(b, dim=-1).clamp_min_(EPS).reciprocal_()
-            pairs = nf // 2  # (1, 0), (3, 2), ...
-            if pairs:
-                dots = torch.mul(b[1:2 * pairs:2], b[0:2 * pairs:2], out=work[:pairs, : i1 - i0]).sum(dim=-1)
-                to_previous[f0 + 1:f0 + 2 * pairs:2, i0:i1] = dots * inv[1:2 * pairs:2] * inv[0:2 * pairs:2]
-            later = len(range(2, nf, 4))  # (2, 0) of each group
-            if later:
-                dots = torch.mul(b[2::4], b[0:4 * later:4], out=work[:later, : i1 - i0]).sum(dim=-1)
-                to_second[f0 + 2:f0 + nf:4, i0:i1] = dots * inv[2::4] * inv[0:4 * later:4]
+            # token-major block [c, nf, D]: one small Gram matrix per token position holds every
+            # dot product and squared norm among the group's frames, from one read of the block
+            b = buf[: i1 - i0, :nf].copy_(features[f0:f0 + nf, i0:i1].transpose(0, 1))
+            gram = torch.bmm(b, b.transpose(1, 2))  # [c, nf, nf]
+            inv = gram.diagonal(dim1=1, dim2=2).sqrt().clamp_min(EPS).reciprocal_()
+            cos = gram.mul_(inv.unsqueeze(2)).mul_(inv.unsqueeze(1))
+            to_previous[f0 + 1:f0 + nf:2, i0:i1] = cos[:, odd, odd - 1].T
+            if nf > 2:
+                to_second[f0 + 2, i0:i1] = cos[:, 2, 0]
     return to_previous, to_second
 
 
