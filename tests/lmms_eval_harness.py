@@ -85,9 +85,14 @@ def lmms_eval_command(model: str, checkpoint: Path, task_dir: Path, output: Opti
 
 
 def clean_env(extra: Dict[str, str], tmp: Path) -> Dict[str, str]:
-    """The parent environment without any token-compressor / EMC variable, offline, plus `extra`."""
+    """The parent environment without any token-compressor / EMC variable (nor the compressors'
+    own, `DYCOKE_K`, ...), offline, plus `extra`."""
+    from token_compressor.config import METHOD_OPTIONS
+
+    methods = {var for rows in METHOD_OPTIONS.values() for var, _, _ in rows}
     env = {k: v for k, v in os.environ.items()
-           if not (k in ("COMPRESSOR", "R_RATIO") or k.startswith("TOKEN_COMPRESSOR_") or k.startswith("EMC_"))}
+           if not (k in ("COMPRESSOR", "R_RATIO") or k in methods or k.startswith("TOKEN_COMPRESSOR_")
+                   or k.startswith("EMC_"))}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_HOME=str(tmp / "hf_home"), HF_DATASETS_CACHE=str(tmp / "hf_datasets"),
                FORCE_QWENVL_VIDEO_READER="decord", TOKENIZERS_PARALLELISM="false",

@@ -9,10 +9,13 @@ from tiny_models import VIDEO
 SPECIAL = list(range(250, 256))  # image, video, vision start/end ids of the tiny vocabulary
 
 
-def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_id=VIDEO, feature_map=None):
+def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_id=VIDEO, merged=True,
+                           feature_map=None, **options):
     """Oracle inputs for one unpadded sample, built without token_compressor.models: the kept
-    video rows from `tc.select` on the model's own features, ids and features sliced, original
-    3D positions sliced, text row renumbered 0..L'-1. Tensors are made on the sample's device
+    video rows from `tc.select` on the model's own features, ids sliced, the kept tokens carrying
+    their features (a merging compressor's merged rows when `merged`, else their own rows),
+    original 3D positions sliced, text row renumbered 0..L'-1. Qwen3-VL's deepstack features are
+    the kept rows' own (the authors never merge them). Tensors are made on the sample's device
     (benchmarks/gpu_check.py runs this oracle on CUDA). `feature_map`, when given, transforms the
     kept features (a control: `torch.neg` must change the logits, or the features never arrive)."""
     inner = model.model
@@ -34,11 +37,12 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
                                   for layer in enc.deepstack_features]
     for v, feat in enumerate(enc.pooler_output):
         n = feat.shape[0]
-        sel = tc.select(feat, int(sample["video_grid_thw"][v][0]), ratio, method=method)
+        sel = tc.select(feat, int(sample["video_grid_thw"][v][0]), ratio, method=method, **options)
         drop = torch.ones(n, dtype=torch.bool, device=dev)
         drop[sel.keep.to(dev)] = False
         keep[video_pos[offset:offset + n][drop]] = False
-        kept_feats.append(feat[sel.keep] if feature_map is None else feature_map(feat[sel.keep]))
+        kept = sel.kept_features(feat) if merged else feat[sel.keep]
+        kept_feats.append(kept if feature_map is None else feature_map(kept))
         kept_deep.append(sel.keep)
         offset += n
     enc.pooler_output = tuple(kept_feats)
@@ -80,6 +84,23 @@ def _features_input(model, sample, enc):
 
     inner.get_video_features = get_video_features
     return {"pixel_values_videos": pixels, "video_grid_thw": sample["video_grid_thw"]}
+
+
+def as_inputs_embeds(model, oracle, video_token_id=VIDEO):
+    """The same oracle through the language model's `inputs_embeds` path (Qwen2-VL, Qwen2.5-VL:
+    no deepstack): token embeddings of the pruned ids with the kept video features written at the
+    video positions, original positions, no ids and no encoder outputs."""
+    ids = oracle["input_ids"]
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+    if "mm_encoder_outputs" in oracle:
+        video = oracle["mm_encoder_outputs"]["video"]
+    else:  # transformers 5.17: the features `_features_input` hands the model for these pixels
+        video = model.model.get_video_features(oracle["pixel_values_videos"], oracle["video_grid_thw"])
+    feats = torch.cat(list(video.pooler_output)).to(embeds.dtype)
+    embeds[ids == video_token_id] = feats
+    return {"inputs_embeds": embeds, "attention_mask": oracle["attention_mask"],
+            "position_ids": oracle["position_ids"]}
 
 
 def greedy_uncached(model, inputs, steps, suppress=SPECIAL):

@@ -56,6 +56,11 @@ def runs(tmp_path_factory):
                         {"COMPRESSOR": "vidcom2", "R_RATIO": "abc"}),
             "screening": (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_screening"),
                           {**compress, **emc}),
+            # a merging compressor, with one of its authors' variables, through stock lmms-eval
+            "visionzip": (H.lmms_eval_command("qwen3_vl", ck["qwen3_vl"], task, root / "out_visionzip"),
+                          {"COMPRESSOR": "visionzip", "R_RATIO": "0.5", "visionzip_k_neighbors": "3"}),
+            "invalid_method_variable": (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_invalid_dycoke"),
+                                        {"COMPRESSOR": "dycoke", "DYCOKE_K": "2"}),
         }
         jobs = {name: (cmd, H.clean_env(env, root)) for name, (cmd, env) in jobs.items()}
         # lmms-eval 0.7.3 beside a filelock without `filelock._api` (filelock >= 4.3): the
@@ -67,7 +72,7 @@ def runs(tmp_path_factory):
         broken_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hide), broken_env.get("PYTHONPATH")) if p)
         jobs["lmms_eval_broken"] = (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_broken"),
                                     broken_env)
-        done = H.run_many(jobs, root)
+        done = H.run_many(jobs, root, timeout=900)  # 10 runs, 3 at a time
         planner_requests = len(server.planner_requests())
     return {"root": root, "done": done, "planner_requests": planner_requests}
 
@@ -131,6 +136,26 @@ def test_lmms_eval_that_cannot_run_here_stops_before_the_first_sample(runs):
     assert "filelock<4.3" in proc.stderr and "stopping the run before the first sample" in proc.stderr
     assert "Model Responding" not in proc.stderr + proc.stdout and "Error during evaluation" not in proc.stderr
     assert not (runs["root"] / "out_broken").exists()
+
+
+def test_stock_lmms_eval_runs_a_merging_compressor(runs):
+    finished(runs, "visionzip")
+    rep = H.read_report(runs["root"] / "out_visionzip")
+    assert rep["compressor"] == "visionzip" and rep["ratio"] == 0.5 and rep["compressed_samples"] == 2
+    before, after = rep["visual_tokens_before"], rep["visual_tokens_after"]
+    assert before == BEFORE["qwen3_vl"]
+    # every frame keeps exactly max(1, int(0.5 N)) tokens
+    assert 0.4 * before <= after <= 0.5 * before
+    assert "tiny_video_qa" in H.results_of(runs["root"] / "out_visionzip")["results"]
+
+
+def test_invalid_method_variable_stops_the_run_before_the_first_sample(runs):
+    proc = runs["done"]["invalid_method_variable"]
+    assert proc.returncode != 0
+    assert "DYCOKE_K='2' is out of range; expected a number in [0, 1]" in proc.stderr
+    assert "stopping the run before the first sample" in proc.stderr
+    assert "Model Responding" not in proc.stderr + proc.stdout
+    assert not (runs["root"] / "out_invalid_dycoke").exists()
 
 
 def test_emc_screening_in_front_of_the_model_is_counted(runs):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import token_compressor as tc
-from oracles import SPECIAL, explicit_pruned_inputs, greedy_uncached
+from oracles import SPECIAL, as_inputs_embeds, explicit_pruned_inputs, greedy_uncached
 from tiny_models import FAMILIES, VIDEO, collate, make_sample, tiny_model
 
 BATCH_ATOL = 1e-5
@@ -276,3 +276,155 @@ def test_unsupported_transformers_version_is_refused():
     for version in ("4.57.1", "5.16.1", "5.24.0"):
         with pytest.raises(RuntimeError, match=f"supports transformers >=5.17,<5.24.*found {version}"):
             check_transformers_version(version)
+
+
+# -- every registered method, merging ones included (the merged rows replace the kept tokens'
+# embeddings at their original positions) ---------------------------------------------------------
+
+ORACLE_METHODS = sorted(set(tc.available_compressors()) - {"none"})
+MERGING_SAMPLE = ((4, 4, 4), (2, 4, 8))  # 4 frames x 4 tokens, 2 frames x 8 tokens
+MERGING_RATIO = 0.6  # visionzip: 1 dominant + 1 merged anchor a frame, and 2 + 2
+
+
+def _merges(model, sample, method, ratio):
+    """True when `method` returns merged rows that differ from the kept rows on this sample."""
+    with torch.no_grad():
+        enc = model.model.get_video_features(sample["pixel_values_videos"], sample["video_grid_thw"], return_dict=True)
+    for feat, grid in zip(enc.pooler_output, sample["video_grid_thw"]):
+        sel = tc.select(feat, int(grid[0]), ratio, method=method)
+        if sel.merged and not torch.equal(sel.features, feat[sel.keep]):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ORACLE_METHODS)
+def test_every_method_prefill_equals_unpatched_on_pruned_merged_sequence(family, method):
+    model = tiny_model(family)
+    sample = sample_for(family, grids=MERGING_SAMPLE)
+    oracle = explicit_pruned_inputs(model, sample, MERGING_RATIO, method=method)
+    with torch.no_grad():
+        expected = model(**oracle).logits
+    tc.apply(model, method, MERGING_RATIO)
+    with torch.no_grad():
+        got = model(**batch_of(sample)).logits
+    assert torch.equal(got, expected)
+    if _merges(model, sample, method, MERGING_RATIO):
+        # the merged rows matter: the same sequence with the kept rows' own features differs
+        plain = explicit_pruned_inputs(model, sample, MERGING_RATIO, method=method, merged=False)
+        tc.revert(model)
+        with torch.no_grad():
+            assert not torch.equal(model(**plain).logits, got)
+
+
+def test_visionzip_merges_on_the_oracle_sample():
+    # guards the test above: the merging branch is really exercised for visionzip
+    for family in FAMILIES:
+        assert _merges(tiny_model(family), sample_for(family, grids=MERGING_SAMPLE), "visionzip", MERGING_RATIO)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("method", ["visionzip", "dycoke"])
+def test_merged_prefill_equals_the_inputs_embeds_path(family, method):
+    model = tiny_model(family)
+    sample = sample_for(family, grids=MERGING_SAMPLE)
+    oracle = as_inputs_embeds(model, explicit_pruned_inputs(model, sample, MERGING_RATIO, method=method))
+    with torch.no_grad():
+        expected = model(**oracle).logits
+    tc.apply(model, method, MERGING_RATIO)
+    with torch.no_grad():
+        got = model(**batch_of(sample)).logits
+    torch.testing.assert_close(got, expected, atol=BATCH_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["visionzip", "dycoke"])
+def test_merged_generate_with_cache_equals_uncached_greedy_loop(family, method):
+    model = tiny_model(family)
+    sample = sample_for(family, grids=MERGING_SAMPLE)
+    oracle = explicit_pruned_inputs(model, sample, MERGING_RATIO, method=method)
+    expected = greedy_uncached(model, oracle, steps=4)
+    tc.apply(model, method, MERGING_RATIO)
+    batch = batch_of(sample)
+    out = model.generate(**batch, max_new_tokens=4, do_sample=False, suppress_tokens=SPECIAL)
+    L = batch["input_ids"].shape[1]
+    assert out[0, L:].tolist() == expected
+    stats = tc.last_stats(model)
+    assert stats["method"] == method and stats["visual_tokens_before"] == 32
+    assert stats["visual_tokens_after"] == int((oracle["input_ids"] == VIDEO).sum())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["visionzip", "dycoke"])
+def test_merged_batch_with_padding_gives_each_sample_alone(family, method):
+    model = tiny_model(family)
+    samples = [
+        sample_for(family, 0, grids=((4, 4, 4),)),
+        make_sample(family, [], seed=1, text_after=(4, 5)),  # no video
+        sample_for(family, 2, grids=MERGING_SAMPLE),  # two videos
+    ]
+    tc.apply(model, method, MERGING_RATIO)
+    alone, alone_ids = [], []
+    for s in samples:
+        b = batch_of(s)
+        with torch.no_grad():
+            alone.append(model(**b).logits[0, -1])
+        alone_ids.append(model.generate(**b, max_new_tokens=3, do_sample=False)[0, b["input_ids"].shape[1]:])
+    batch = collate(samples, padding_side="left")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    for b in range(len(samples)):
+        torch.testing.assert_close(logits[b, -1], alone[b], atol=BATCH_ATOL, rtol=0)
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    L = batch["input_ids"].shape[1]
+    for b in range(len(samples)):
+        assert torch.equal(out[b, L:], alone_ids[b])
+
+
+@pytest.mark.parametrize("method", ["visionzip", "dycoke"])
+def test_merged_labels_are_pruned_at_the_same_positions(method):
+    family = "qwen3_vl"
+    model = tiny_model(family)
+    sample = sample_for(family, grids=MERGING_SAMPLE)
+    batch = batch_of(sample)
+    labels = batch["input_ids"].clone()
+    labels[batch["mm_token_type_ids"] != 0] = -100
+    oracle = explicit_pruned_inputs(model, sample, MERGING_RATIO, method=method)
+    oracle_labels = oracle["input_ids"].clone()
+    oracle_labels[oracle["mm_token_type_ids"] != 0] = -100
+    with torch.no_grad():
+        expected = model(**oracle, labels=oracle_labels).loss
+    tc.apply(model, method, MERGING_RATIO)
+    with torch.no_grad():
+        assert torch.equal(model(**batch, labels=labels).loss, expected)
+
+
+def test_merging_images_on_request_only():
+    family = "qwen2_5_vl"
+    sample = make_sample(family, [(2, 4, 4)], image_grids=[(1, 8, 8)])
+    model = tiny_model(family)
+    tc.apply(model, "visionzip", 0.5)
+    with torch.no_grad():
+        model(**batch_of(sample))
+    assert [k["kind"] for k in tc.last_stats(model)["per_sample"][0]] == ["video"]
+    tc.apply(model, "visionzip", 0.5, compress_images=True)
+    with torch.no_grad():
+        model(**batch_of(sample))
+    image = [k for k in tc.last_stats(model)["per_sample"][0] if k["kind"] == "image"][0]
+    assert (image["before"], image["after"]) == (16, 8)  # one frame: K = int(0.5 * 16)
+
+
+def test_method_options_reach_the_compressor():
+    family = "qwen2_vl"
+    sample = sample_for(family, grids=((3, 4, 4),))  # odd T: dycoke drops the last frame
+    model = tiny_model(family)
+    tc.apply(model, "dycoke", 0.5)
+    with torch.no_grad():
+        model(**batch_of(sample))
+    dropped = tc.last_stats(model)["visual_tokens_after"]
+    tc.apply(model, "dycoke", 0.5, keep_last_frame=True)
+    with torch.no_grad():
+        model(**batch_of(sample))
+    assert tc.last_stats(model)["visual_tokens_after"] == dropped + 4
+    with pytest.raises(tc.ConfigError, match="k=2 is out of range"):
+        tc.apply(model, "dycoke", 0.5, k=2)

@@ -16,7 +16,8 @@ from token_compressor.models import FAMILIES
 from token_compressor.models.patching import is_class_patched, settings_of
 from tiny_models import VIDEO, collate, make_sample, tiny_model
 
-ENV_KEYS = ("COMPRESSOR", "R_RATIO", "TOKEN_COMPRESSOR_REPORT", "TOKEN_COMPRESSOR_KERNELS", "EMC_SCREENER")
+ENV_KEYS = ("COMPRESSOR", "R_RATIO", "TOKEN_COMPRESSOR_REPORT", "TOKEN_COMPRESSOR_KERNELS", "EMC_SCREENER",
+            "DYCOKE_K", "visionzip_k_neighbors", "HOLITOM_T")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,6 +55,8 @@ def test_plugin_patches_from_the_environment_and_registers_no_model(monkeypatch)
     ({"COMPRESSOR": "vidcomm2"}, "COMPRESSOR='vidcomm2' is not a known compressor"),
     ({"TOKEN_COMPRESSOR_REPORT": "maybe"}, "TOKEN_COMPRESSOR_REPORT='maybe' is not a switch"),
     ({"EMC_SCREENER": "llm"}, "EMC_MODEL=None is not set"),
+    ({"COMPRESSOR": "dycoke", "DYCOKE_K": "2"}, "DYCOKE_K='2' is out of range"),
+    ({"COMPRESSOR": "visionzip", "visionzip_k_neighbors": "0"}, "visionzip_k_neighbors='0' is out of range"),
 ])
 def test_plugin_stops_the_process_on_a_bad_configuration(monkeypatch, capsys, env, message):
     for k, v in env.items():
@@ -89,6 +92,16 @@ def test_plugin_stops_when_lmms_eval_itself_cannot_run(monkeypatch, capsys, env)
     assert err.startswith("token_compressor: lmms-eval 0.7.3 cannot run in this environment:")
     assert "filelock<4.3" in err and "stopping the run before the first sample" in err and err.count("\n") == 1
     assert not runtime.installed()
+
+
+def test_plugin_passes_the_methods_own_variables_to_the_compressor(monkeypatch):
+    monkeypatch.setenv("COMPRESSOR", "dycoke")
+    monkeypatch.setenv("DYCOKE_K", "0.5")
+    monkeypatch.setenv("HOLITOM_T", "abc")  # another method's variable: not read
+    assert runtime.lmms_eval_plugin() == []
+    for family in FAMILIES.values():
+        cls = family.model_class()
+        assert settings_of(cls.__new__(cls)).options == (("k", 0.5),)
 
 
 def test_plugin_never_raises_when_nothing_was_asked(monkeypatch, caplog):

@@ -10,7 +10,7 @@ import token_compressor as tc
 from token_compressor.compressors.baselines import evs_retained_count
 from token_compressor.compressors.reference import vidcom2_reference
 
-BUILTINS = ["evs", "none", "random", "uniform", "vidcom2"]
+BUILTINS = ["dycoke", "evs", "none", "random", "uniform", "vidcom2", "visionzip"]
 
 
 def video(T=4, N=16, D=32, seed=0, dtype=torch.float32):
@@ -69,8 +69,14 @@ def test_selection_invariants(T, N, D, ratio, method, seed):
     assert keep.dtype == torch.long and budgets.dtype == torch.long
     assert budgets.shape == (T,)
     assert int(budgets.sum()) == keep.numel()
-    if method != "evs":  # EVS keeps a global count and may empty a frame (see evs below)
+    # EVS keeps a global count and may empty a frame (see evs below); DyCoke keeps
+    # int(r N) tokens of a pruned frame (0 when r N < 1) and drops the last frame of an odd T
+    if method not in ("evs", "dycoke"):
         assert bool((budgets >= 1).all())
+    assert keep.numel() >= 1, "no method returns zero tokens for a video"
+    if sel.features is not None:
+        assert sel.features.shape == (keep.numel(), D) and sel.features.dtype == torch.float32
+        assert bool(torch.isfinite(sel.features).all())
     assert bool((budgets <= N).all())
     assert bool((keep[1:] > keep[:-1]).all()), "keep must be strictly ascending (sorted, unique)"
     assert keep.numel() == 0 or (0 <= int(keep.min()) and int(keep.max()) < T * N)
@@ -182,6 +188,50 @@ def test_bad_compressor_output_is_reported():
             tc.select(video(3, 5), 3, 0.5, method="broken_test")
     finally:
         tc.unregister_compressor("broken_test")
+
+
+def _merging(name, output):
+    """Register `name` returning `output(features, mask)` with a one-token-per-frame mask."""
+    def fn(features, ratio):
+        mask = torch.zeros(features.shape[:2], dtype=torch.bool)
+        mask[:, 0] = True
+        return output(features, mask)
+
+    tc.register_compressor(name, fn, overwrite=True)
+
+
+def test_a_merging_compressor_returns_its_features_through_select():
+    # the kept token of every frame carries the frame's mean
+    _merging("mean_test", lambda f, m: (m, f.mean(dim=1)))
+    try:
+        x = video(3, 5, 4)
+        sel = tc.select(x, 3, 0.5, method="mean_test")
+        assert sel.keep.tolist() == [0, 5, 10] and sel.merged
+        assert torch.equal(sel.features, x.view(3, 5, 4).mean(dim=1))
+        assert torch.equal(sel.kept_features(x), sel.features)
+    finally:
+        tc.unregister_compressor("mean_test")
+
+
+@pytest.mark.parametrize("output, message", [
+    (lambda f, m: (m, f.mean(dim=1)[:2]), r"merged features of shape \(2, 4\).*expected \[K, D\] = \(3, 4\)"),
+    (lambda f, m: (m, f.mean(dim=1).T), r"merged features of shape \(4, 3\)"),
+    (lambda f, m: (m, f.mean(dim=1).double()), "merged features of dtype torch.float64; expected the input's dtype torch.float32"),
+    (lambda f, m: (m, f.mean(dim=1).tolist()), "merged features of shape"),
+    (lambda f, m: (m, torch.full((3, 4), float("nan"))), "returned 12 non-finite merged feature value"),
+    (lambda f, m: (m, f.mean(dim=1), None), "returned a tuple of 3 items"),
+    (lambda f, m: (m.long(), f.mean(dim=1)), "must return a bool mask of shape"),
+    (lambda f, m: torch.zeros_like(m), "kept no token"),
+    (lambda f, m: (torch.zeros_like(m), f[:0, 0]), "kept no token"),
+])
+def test_malformed_merging_output_names_the_compressor(output, message):
+    _merging("malformed_test", output)
+    try:
+        with pytest.raises(ValueError, match=message) as info:
+            tc.select(video(3, 5, 4), 3, 0.5, method="malformed_test")
+        assert "compressor 'malformed_test'" in str(info.value)
+    finally:
+        tc.unregister_compressor("malformed_test")
 
 
 def test_vidcom2_properties_from_the_note():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from .config import ConfigError, from_env, parse_compressor, parse_ratio
+from .config import ConfigError, check_method_options, from_env, parse_compressor, parse_ratio
 from .models import FAMILIES, check_transformers_version, family_for
 from .models import patching
 from .models.pruning import Settings
@@ -13,17 +13,22 @@ logger = logging.getLogger("token_compressor")
 
 
 def _settings(method, ratio, compress_images: bool, options: dict) -> Settings:
-    """Explicit arguments win; what is not given comes from the environment configuration."""
+    """Explicit arguments win; what is not given comes from the environment configuration. The
+    method's own variables (`DYCOKE_K`, `HOLITOM_T`, ...) apply when the method itself comes
+    from the environment (`COMPRESSOR`); explicit options override them."""
     env = None
     if method is None or ratio is None:
         env = from_env()
     name = parse_compressor(method, "method") if method is not None else env.compressor
     r = parse_ratio(ratio, "ratio") if ratio is not None else env.ratio
+    if method is None:  # the method comes from the environment: so do its authors' variables
+        options = {**dict(env.options), **options}
     if options:  # checked now, not at the first generate
         from .registry import check_options
 
         if name is None:
             raise ConfigError(f"compressor options {sorted(options)} given, but no method (COMPRESSOR is unset)")
+        options = check_method_options(name, options)
         try:
             check_options(name, options)
         except ValueError as e:
@@ -102,7 +107,8 @@ def revert(model=None) -> None:
 
 
 def apply_from_env() -> bool:
-    """Class-level patches for every supported family from `COMPRESSOR`/`R_RATIO`.
+    """Class-level patches for every supported family from `COMPRESSOR`/`R_RATIO` and the
+    selected method's own variables (config.METHOD_OPTIONS).
 
     Returns True when patches were applied; a no-op (False) when `COMPRESSOR` is unset or `none`.
     Raises `ConfigError` on an invalid configuration."""
@@ -110,7 +116,7 @@ def apply_from_env() -> bool:
     if not cfg.enabled:
         return False
     for name in FAMILIES:
-        _apply_family(name, None, cfg.compressor, cfg.ratio)
+        _apply_family(name, None, cfg.compressor, cfg.ratio, **dict(cfg.options))
     logger.info("token_compressor: %s at r=%g patched into %s", cfg.compressor, cfg.ratio, ", ".join(FAMILIES))
     return True
 

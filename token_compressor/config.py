@@ -6,6 +6,7 @@
 | `R_RATIO`                 | a number in (0, 1]                         | 0.25    |
 | `TOKEN_COMPRESSOR_KERNELS`| `auto`, `triton` or `torch`                | `auto`  |
 | `TOKEN_COMPRESSOR_REPORT` | `1`/`on`/`true` or `0`/`off`/`false`       | `1` (the run report of lmms-eval runs and the launcher) |
+| the authors' hyperparameters of `dycoke`, `fastvid`, `visionzip`, `holitom` | see `METHOD_OPTIONS` below | the authors' defaults |
 
 `Config.from_env()` returns one immutable, validated `Config`; a bad value raises `ConfigError`
 naming the variable, the value and what is accepted.
@@ -19,7 +20,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 DEFAULT_RATIO = 0.25
 KERNEL_BACKENDS = ("auto", "triton", "torch")
@@ -116,13 +117,103 @@ def report_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
     return parse_switch(env.get("TOKEN_COMPRESSOR_REPORT"), "TOKEN_COMPRESSOR_REPORT", True)
 
 
+# ---------------------------------------------------------------------------------------------
+# The VidCom² authors' hyperparameter variables of their four Qwen baselines (xuyang-liu16/VidCom2,
+# branch qwen), with the same names, so their command lines reproduce unchanged. Each maps to a
+# keyword option of the compressor; an unset variable leaves the compressor's default (the
+# authors'). Only the selected compressor's variables are read (and validated).
+# ---------------------------------------------------------------------------------------------
+
+def _number_in(lo: float, hi: float, lo_open: bool = False):
+    expected = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+
+    def parse(value, source: str) -> float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}={value!r} is not a number; expected {expected}")
+        return _parse_number(value, source, float, "a number", expected,
+                             lambda x: math.isfinite(x) and (lo < x if lo_open else lo <= x) and x <= hi)
+    parse.expected = expected
+    return parse
+
+
+def _integer_at_least(lo: int, also=()):
+    extra = "".join(f" or {a}" for a in also)
+    expected = f"an integer >= {lo}{extra}"
+
+    def parse(value, source: str) -> int:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise ConfigError(f"{source}={value!r} is not an integer; expected {expected}")
+        return _parse_number(value, source, int, "an integer", expected, lambda n: n >= lo or n in also)
+    parse.expected = expected
+    return parse
+
+
+# method -> ((environment variable, option name, parser), ...)
+METHOD_OPTIONS = {
+    "dycoke": (
+        ("DYCOKE_K", "k", _number_in(0.0, 1.0)),  # merging ratio; default 1 - R_RATIO
+        ("DYCOKE_NUM_TOKENS_PER_FRAME", "num_tokens_per_frame", _integer_at_least(1, also=(-1,))),
+    ),
+    "fastvid": (
+        ("fastvid_retention_ratio", "retention_ratio", _number_in(0.0, 1.0, lo_open=True)),  # default R_RATIO
+        ("fastvid_DySeg_c", "dyseg_c", _integer_at_least(1)),
+        ("fastvid_DySeg_tau", "dyseg_tau", _number_in(-1.0, 1.0)),
+        ("fastvid_DySeg_ignore", "dyseg_ignore", _number_in(-1.0, 1.0)),
+        ("fastvid_STPrune_d", "stprune_d", _number_in(0.0, 1.0)),
+        ("fastvid_DTM_p", "dtm_p", _integer_at_least(1)),
+        ("fastvid_DTM_beta", "dtm_beta", _number_in(0.0, 1.0)),
+    ),
+    "visionzip": (
+        ("visionzip_dominant_ratio", "dominant_ratio", _number_in(0.0, 1.0)),
+        ("visionzip_k_neighbors", "k_neighbors", _integer_at_least(1)),
+    ),
+    "holitom": (
+        ("HOLITOM_T", "t", _number_in(-1.0, 1.0)),
+        ("HOLITOM_BETA", "beta", _number_in(0.0, 1.0)),
+        ("HOLITOM_D", "d", _number_in(0.0, 1.0)),
+        ("HOLITOM_K", "k", _integer_at_least(1)),
+        ("HOLITOM_MAX_WINDOW_SIZE", "max_window_size", _integer_at_least(1)),
+    ),
+}
+
+
+def parse_method_option(method: str, option: str, value):
+    """Validate one keyword option of a built-in method with the same rule as its environment
+    variable (the error names `option`). Unknown methods/options are returned unchanged."""
+    for _, name, parse in METHOD_OPTIONS.get(method, ()):
+        if name == option:
+            return parse(value, option)
+    return value
+
+
+def check_method_options(method: str, options: Mapping) -> dict:
+    """`options` with every known option of `method` validated (ValueError naming it)."""
+    try:
+        return {k: (v if v is None else parse_method_option(method, k, v)) for k, v in options.items()}
+    except ConfigError as e:
+        raise ConfigError(f"{method}: {e}") from None
+
+
+def method_options_from_env(method: Optional[str], environ: Optional[Mapping[str, str]] = None) -> dict:
+    """option -> validated value, for the variables of `method` that are set (non-empty)."""
+    env = os.environ if environ is None else environ
+    out = {}
+    for var, option, parse in METHOD_OPTIONS.get(method or "", ()):
+        value = env.get(var)
+        if value is not None and str(value).strip() != "":
+            out[option] = parse(value, var)
+    return out
+
+
 @dataclass(frozen=True)
 class Config:
-    """The validated configuration. `compressor is None` means compression is off."""
+    """The validated configuration. `compressor is None` means compression is off. `options`:
+    the selected compressor's keyword options from its authors' variables, as sorted pairs."""
 
     compressor: Optional[str] = None
     ratio: float = DEFAULT_RATIO
     kernels: str = "auto"
+    options: Tuple[Tuple[str, Any], ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -134,10 +225,12 @@ class Config:
         env = os.environ if environ is None else environ
         ratio_text = env.get("R_RATIO")
         ratio = DEFAULT_RATIO if ratio_text in (None, "") else parse_ratio(ratio_text, "R_RATIO")
+        compressor = parse_compressor(env.get("COMPRESSOR"), "COMPRESSOR")
         return cls(
-            compressor=parse_compressor(env.get("COMPRESSOR"), "COMPRESSOR"),
+            compressor=compressor,
             ratio=ratio,
             kernels=parse_kernels(env.get("TOKEN_COMPRESSOR_KERNELS")),
+            options=tuple(sorted(method_options_from_env(compressor, env).items())),
         )
 
 

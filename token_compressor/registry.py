@@ -2,18 +2,28 @@
 
 A compressor is called as ``fn(features, ratio, **options)`` with ``features`` of shape
 ``[T, N, D]`` (one video, frame-major, already validated: finite, T, N, D >= 1) and a validated
-ratio in (0, 1]. It returns a boolean keep mask of shape ``[T, N]`` on the features' device.
-It must not read the environment or hold state: everything it needs comes in as arguments.
+ratio in (0, 1]. It returns, on the features' device, either
+
+* a bool keep mask ``[T, N]`` (a *pruning* compressor: the kept tokens keep their features), or
+* a tuple ``(mask, features)``: the bool keep mask ``[T, N]`` and the replacement features of
+  the kept tokens, ``[K, D]`` with ``K = mask.sum()``, in ascending kept order (row-major over
+  the mask), in the input's dtype (a *merging* compressor: row j replaces the features of the
+  j-th kept token, which keeps its original position).
+
+`select` validates what comes back (shape, dtype, finite, K, at least one kept token) and raises
+a ValueError naming the compressor otherwise. A compressor must not read the environment or hold
+state: everything it needs comes in as arguments (options are keyword arguments).
 """
 from __future__ import annotations
 
 import inspect
 import typing
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-CompressorFn = Callable[..., torch.Tensor]
+# (features [T, N, D], ratio, **options) -> mask [T, N] bool, or (mask [T, N] bool, features [K, D])
+CompressorFn = Callable[..., Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]]
 
 _REGISTRY: Dict[str, CompressorFn] = {}
 
@@ -24,6 +34,9 @@ def register_compressor(name: str, fn: Optional[CompressorFn] = None, *, overwri
     >>> @register_compressor("my_method")
     ... def my_method(features, ratio, **options):  # features [T, N, D] -> keep mask [T, N]
     ...     ...
+
+    A merging method returns `(mask [T, N] bool, merged [K, D])`, `merged` being the new
+    features of the K kept tokens in ascending kept order (see the module docstring).
     """
     key = str(name).strip().lower()
     if not key or not key.replace("_", "").replace("-", "").isalnum():

@@ -1,7 +1,9 @@
-"""`select`: one video's visual tokens in, kept row indices and per-frame budgets out."""
+"""`select`: one video's visual tokens in, kept row indices, per-frame budgets and (for merging
+compressors) the kept tokens' new features out."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -22,6 +24,9 @@ class Selection:
         tokens_per_frame: N.
         method: the compressor's registered name.
         ratio: the retention ratio asked for (the achieved one is `kept_fraction`).
+        features: `[K, D]` in the input dtype, the replacement features of the kept rows in
+            `keep` order, for merging compressors; None for pruning ones (the kept rows keep
+            their own features).
     """
 
     keep: torch.Tensor
@@ -30,6 +35,17 @@ class Selection:
     tokens_per_frame: int
     method: str
     ratio: float
+    features: Optional[torch.Tensor] = None
+
+    @property
+    def merged(self) -> bool:
+        """True when the compressor replaced the kept tokens' features."""
+        return self.features is not None
+
+    def kept_features(self, features: torch.Tensor) -> torch.Tensor:
+        """`[K, D]`: what the kept tokens carry, given the video's `[T*N, D]` input features
+        (the merged rows of a merging compressor, else the kept input rows)."""
+        return self.features if self.features is not None else features[self.keep]
 
     @property
     def num_tokens(self) -> int:
@@ -95,9 +111,11 @@ def select(features: torch.Tensor, num_frames: int, ratio: float, method: str = 
         method: a registered compressor name (`available_compressors()`).
         **options: passed to the compressor (e.g. `seed` for `random`, `backend` for `vidcom2`).
     Returns:
-        Selection with `keep` (ascending kept rows) and `budgets` (per frame).
+        Selection with `keep` (ascending kept rows), `budgets` (per frame) and, for a merging
+        compressor, `features` (`[K, D]`, the kept rows' replacement features).
     Raises:
-        ValueError: bad shape, empty or non-finite features, ratio outside (0, 1], unknown method.
+        ValueError: bad shape, empty or non-finite features, ratio outside (0, 1], unknown method,
+            or a compressor output that breaks the contract (named in the message).
     """
     T, N, D = validate_features(features, num_frames)
     try:
@@ -105,20 +123,55 @@ def select(features: torch.Tensor, num_frames: int, ratio: float, method: str = 
     except ConfigError as e:
         raise ValueError(str(e)) from None
     fn = get_compressor(method)
+    name = str(method).strip().lower()
     # a selection is a discrete choice: no gradient flows through it; on CPU it runs on one
     # thread (kernels/threads.py: measured faster at every thread count)
     with torch.no_grad(), selection_threads(features.device):
-        mask = fn(features.detach().reshape(T, N, D), r, **options)
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (T, N):
-        raise ValueError(
-            f"compressor {method!r} must return a bool mask of shape {(T, N)}, got "
-            f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}"
-        )
+        out = fn(features.detach().reshape(T, N, D), r, **options)
+    mask, merged = _check_output(out, name, features, T, N, D)
     return Selection(
         keep=mask.reshape(-1).nonzero().squeeze(1),
         budgets=mask.sum(dim=1),
         num_frames=T,
         tokens_per_frame=N,
-        method=str(method).strip().lower(),
+        method=name,
         ratio=r,
+        features=merged,
     )
+
+
+def _check_output(out, name: str, features: torch.Tensor, T: int, N: int, D: int):
+    """A compressor's output -> (mask bool [T, N], merged [K, D] or None); a ValueError naming
+    the compressor when it is malformed (see `registry` for the contract)."""
+    merged = None
+    if isinstance(out, tuple):
+        if len(out) != 2:
+            raise ValueError(f"compressor {name!r} returned a tuple of {len(out)} items; expected a bool mask "
+                             f"{(T, N)} or (mask, features [K, {D}])")
+        out, merged = out
+    mask = out
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (T, N):
+        raise ValueError(
+            f"compressor {name!r} must return a bool mask of shape {(T, N)}, got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}"
+        )
+    K = int(mask.sum())
+    if K == 0:
+        raise ValueError(f"compressor {name!r} kept no token of a video of {T}x{N} tokens; it must keep at least one")
+    if merged is None:
+        return mask, None
+    if not isinstance(merged, torch.Tensor) or tuple(merged.shape) != (K, D):
+        raise ValueError(
+            f"compressor {name!r} returned merged features of shape {tuple(getattr(merged, 'shape', ()))} "
+            f"({type(merged).__name__}); expected [K, D] = {(K, D)}, one row per kept token in ascending order"
+        )
+    if merged.dtype != features.dtype:
+        raise ValueError(f"compressor {name!r} returned merged features of dtype {merged.dtype}; "
+                         f"expected the input's dtype {features.dtype}")
+    if merged.device != features.device:
+        raise ValueError(f"compressor {name!r} returned merged features on {merged.device}; "
+                         f"expected the input's device {features.device}")
+    if not bool(torch.isfinite(merged).all()):
+        raise ValueError(f"compressor {name!r} returned {int((~torch.isfinite(merged)).sum())} non-finite "
+                         "merged feature value(s)")
+    return mask, merged.detach()

@@ -174,6 +174,57 @@ def print_table(rows: list) -> None:
               f"{r['speedup_best']:>14.2f}x{r['speedup_median']:>8.2f}x{r['kept']:>7}  {r['exact']}")
 
 
+# -- DyCoke and VisionZip (the VidCom² authors' Qwen baselines) ---------------------------------
+# Kept apart from the VidCom² rows above: `select(..., method=m)` against the per-frame-loop
+# formulations of `compressors/reference_baselines.py`, run in the input dtype as the authors'
+# code runs (bf16). Exactness is reported as agreement with the loop formulation in float64 on
+# the same values; it is informational here (at this size some decisions of these methods lie
+# within 1e-6, where two correct fp32 formulations may differ: shared/notes/baselines.md section 7),
+# the exact parity tests are the golden ones (tests/test_golden_baselines.py).
+
+BASELINES = ("dycoke", "visionzip")
+
+
+def _baseline_reference(method: str, x: torch.Tensor, ratio: float, dtype):
+    from ..compressors.reference_baselines import dycoke_reference, visionzip_reference
+
+    if method == "dycoke":
+        return dycoke_reference(x, ratio, compute_dtype=dtype)
+    return visionzip_reference(x, ratio, compute_dtype=dtype)[0]
+
+
+def run_baselines(T: int = 32, N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: int = 3) -> list:
+    x = synthetic_video(T, N, D).to(torch.bfloat16)
+    rows = []
+    for method in BASELINES:
+        ours = select(x, T, ratio, method=method)
+        keep64 = _baseline_reference(method, x.double().view(T, N, D), ratio, torch.float64)
+        same = torch.equal(ours.keep, keep64)
+        overlap = len(set(ours.keep.tolist()) & set(keep64.tolist())) / max(1, keep64.numel())
+        times = interleaved_best(
+            {
+                "ours": lambda: select(x, T, ratio, method=method),
+                "straightforward": lambda: _baseline_reference(method, x.view(T, N, D), ratio, torch.bfloat16),
+            },
+            repeats=repeats,
+        )
+        rows.append({"method": method, "dtype": "bfloat16", "T": T, "N": N, "D": D, "ratio": ratio,
+                     "ours_ms": round(times["ours"], 2), "straightforward_ms": round(times["straightforward"], 2),
+                     "speedup": round(times["straightforward"] / times["ours"], 2), "kept": ours.num_kept,
+                     "same_keep_as_fp64_loop": same, "overlap_with_fp64_loop": round(overlap, 4)})
+    return rows
+
+
+def print_baselines(rows: list) -> None:
+    print(f"DyCoke / VisionZip selection, bf16, T={rows[0]['T']} N={rows[0]['N']} D={rows[0]['D']} "
+          f"r={rows[0]['ratio']}, CPU threads={torch.get_num_threads()}")
+    print(f"{'method':<11}{'ours ms':>10}{'straightforward ms':>20}{'speed-up':>10}{'kept':>7}  keep vs fp64 loop")
+    for r in rows:
+        agree = "same" if r["same_keep_as_fp64_loop"] else f"{100 * r['overlap_with_fp64_loop']:.2f}% overlap"
+        print(f"{r['method']:<11}{r['ours_ms']:>10.2f}{r['straightforward_ms']:>20.2f}{r['speedup']:>9.2f}x"
+              f"{r['kept']:>7}  {agree}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=32)
@@ -183,14 +234,19 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--methods", nargs="+", choices=[m.name for m in METHODS], help="default: all")
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--baseline-repeats", type=int, default=3,
+                   help="timing rounds of the DyCoke/VisionZip rows (their loop formulations are slow)")
     a = p.parse_args(argv)
     print(f"before: {load()}")
     rows = run(a.frames, a.tokens, a.dim, a.ratio, a.repeats, a.methods)
     print_table(rows)
+    baseline_rows = run_baselines(a.frames, a.tokens, a.dim, a.ratio, a.baseline_repeats)
+    print()
+    print_baselines(baseline_rows)
     print(f"after: {load()}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(rows + baseline_rows, f, indent=1)
     if not all(r["exact"] for r in rows):
         raise SystemExit("a selection differs from its exact oracle (see the 'exact' column)")
 

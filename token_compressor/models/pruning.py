@@ -299,6 +299,7 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
         modalities.append(("image", cfg.image_token_id, "image_grid_thw"))
     options = dict(settings.options)
     pruned = {}
+    replaced = False
     for kind, token_id, grid_key in modalities:
         out = encoded.get(kind)
         if out is None:
@@ -308,7 +309,7 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
         if grids is None or grids.shape[0] != len(feats):
             raise ValueError(f"{grid_key} is needed to compress {kind}s and must have one row per {kind}")
         bidx, sidx = (input_ids == token_id).nonzero(as_tuple=True)  # row-major: the features' order
-        kept_rows = []
+        kept_rows, merged = [], []
         offset = 0
         for item, feat in enumerate(feats):
             n = feat.shape[0]
@@ -319,16 +320,20 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
             sel = select(feat, T, settings.ratio, method=settings.method, **options)
             dropped[b, sidx[offset:offset + n][~sel.mask().to(sidx.device)]] = True
             kept_rows.append(sel.keep.to(feat.device))
+            merged.append(sel.features)
+            # a merging method that replaced a kept row changes the call even when nothing is dropped
+            replaced = replaced or (sel.features is not None
+                                    and not torch.equal(sel.features, feat.index_select(0, sel.keep.to(feat.device))))
             stats.per_sample[b].append((kind, n, sel.num_kept))
             stats.before += n
             stats.after += sel.num_kept
             offset += n
-        pruned[kind] = family.prune_encoder_output(out, kept_rows)
+        pruned[kind] = with_merged_features(family.prune_encoder_output(out, kept_rows), merged)
 
     # consumed here; `encoder_outputs_handover` gives them back where transformers needs them
     consumed = {key: kwargs.pop(key) for key in _PIXEL_INPUTS if kwargs.get(key) is not None}
-    if not bool(dropped.any()):
-        # nothing to drop: the caller's inputs as they are, the vision tower not run twice
+    if not bool(dropped.any()) and not replaced:
+        # nothing to drop or replace: the caller's inputs as they are, the vision tower not run twice
         kwargs["mm_encoder_outputs"] = encoded
         stats.seq_len_after = stats.seq_len_before
         stats.encode_ms = (t0 - t_encode) * 1e3
@@ -545,3 +550,17 @@ def prune_pooled(output, kept_rows: List[torch.Tensor]):
     new = type(output)(**fields)
     new.pooler_output = tuple(f.index_select(0, k) for f, k in zip(output.pooler_output, kept_rows))
     return new
+
+
+def with_merged_features(output, merged: List[Optional[torch.Tensor]]):
+    """A pruned encoder output whose item i carries `merged[i]` (`[K_i, D]`, a merging
+    compressor's replacement rows in kept order) instead of its kept rows; items with None (pruning
+    compressors) are left as they are. Only `pooler_output`, the features scattered into the
+    language model's embeddings, changes: Qwen3-VL's deepstack features stay index-selected with
+    the same kept rows, as in the VidCom² authors' Qwen code (they never merge them)."""
+    if all(m is None for m in merged):
+        return output
+    output.pooler_output = tuple(
+        f if m is None else m.to(dtype=f.dtype, device=f.device) for f, m in zip(output.pooler_output, merged)
+    )
+    return output

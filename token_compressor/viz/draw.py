@@ -23,7 +23,8 @@ DIM_TO = (16, 16, 16)  # dropped tokens are blended towards this ...
 DIM_KEEP = 0.3  # ... keeping this share of their own colour
 BAR = (66, 120, 220)
 REFERENCE = (220, 50, 50)  # uniform budget line / "keep r of everything" diagonal
-METHOD_COLOURS = [(66, 120, 220), (220, 120, 30), (40, 160, 80), (150, 80, 190), (120, 120, 120), (200, 60, 120)]
+METHOD_COLOURS = [(66, 120, 220), (220, 120, 30), (40, 160, 80), (150, 80, 190), (120, 120, 120), (200, 60, 120),
+                  (30, 170, 170), (170, 140, 20)]
 
 MARGIN = 16
 GAP = 12
