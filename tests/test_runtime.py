@@ -55,6 +55,8 @@ def test_plugin_patches_from_the_environment_and_registers_no_model(monkeypatch)
     ({"COMPRESSOR": "vidcomm2"}, "COMPRESSOR='vidcomm2' is not a known compressor"),
     ({"TOKEN_COMPRESSOR_REPORT": "maybe"}, "TOKEN_COMPRESSOR_REPORT='maybe' is not a switch"),
     ({"EMC_SCREENER": "llm"}, "EMC_MODEL=None is not set"),
+    ({"COMPRESSOR": "holitom", "HOLITOM_T": "abc"}, "HOLITOM_T='abc' is not a number"),
+    ({"COMPRESSOR": "visionzip", "visionzip_k_neighbors": "0"}, "visionzip_k_neighbors='0' is out of range"),
     ({"COMPRESSOR": "dycoke", "DYCOKE_K": "2"}, "DYCOKE_K='2' is out of range"),
     ({"COMPRESSOR": "visionzip", "visionzip_k_neighbors": "0"}, "visionzip_k_neighbors='0' is out of range"),
 ])

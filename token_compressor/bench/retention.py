@@ -22,7 +22,7 @@ from ..selection import select
 from ..viz.features import CELL, TEMPORAL_PATCH, tokens_from_frames
 
 RATIOS = (0.1, 0.25, 0.5)
-METHODS = ("vidcom2", "uniform", "evs", "random", "dycoke", "visionzip")
+METHODS = ("vidcom2", "uniform", "evs", "random", "dycoke", "visionzip", "fastvid", "holitom")
 
 
 @dataclass(frozen=True)
