@@ -645,3 +645,21 @@ def test_manual_decoding_loop_on_a_compressed_forward_cache():
         # cached vs uncached attention: the same math in a different order (fp32 ulps)
         torch.testing.assert_close(out.logits[:, -1], expected, atol=1e-5, rtol=0)
     assert cache.get_seq_length() == ids.shape[1]
+
+
+def test_positional_arguments_are_compressed_like_keywords():
+    """`model(input_ids, attention_mask, ...)` and `generate(input_ids, ...)`: positional inputs
+    are bound by the original signature, never a silent uncompressed run."""
+    family = "qwen2_vl"
+    model = model_of(family)
+    batch = single(video(family))
+    tc.apply(model, "vidcom2", 0.5)
+    with torch.no_grad():
+        by_keyword = model(**batch).logits
+        rest = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+        by_position = model(batch["input_ids"], batch["attention_mask"], **rest).logits
+    assert dropped_tokens(model) > 0
+    assert_same(by_position, by_keyword)
+    ids = {k: v for k, v in batch.items() if k != "input_ids"}
+    assert_same(model.generate(batch["input_ids"], max_new_tokens=NEW, do_sample=False, **ids),
+                model.generate(**batch, max_new_tokens=NEW, do_sample=False))
