@@ -356,11 +356,13 @@ def _text_positions(batch):
     return torch.arange(L).expand_as(batch["input_ids"]).clone()
 
 
-@pytest.mark.parametrize("family,rank", [("qwen2_vl", 2), ("qwen2_5_vl", 3), ("qwen3_vl", 3), ("qwen3_vl", 2)])
-def test_explicit_position_ids_of_rank_2_and_3(family, rank):
-    """The caller's position ids win (2-D text positions on all three axes, or 3-D M-RoPE ids);
-    no mm_token_type_ids are needed then. Identity at 1.0; compressed, the kept tokens carry the
-    caller's positions: the same as the oracle fed those positions."""
+@pytest.mark.parametrize("family,rank", [("qwen2_vl", 2), ("qwen2_5_vl", 3), ("qwen3_vl", 3), ("qwen3_vl", 2),
+                                         ("qwen2_vl", 4)])
+def test_explicit_position_ids_of_every_rank(family, rank):
+    """The caller's position ids win (2-D text positions on all three axes, 3-D M-RoPE ids, or
+    [4, B, L] with a text row); no mm_token_type_ids are needed then. Identity at 1.0; compressed,
+    the kept tokens carry the caller's positions (the text row renumbered over the kept tokens):
+    the same as the oracle fed those positions."""
     model = model_of(family)
     sample = video(family)
     batch = single(sample)
@@ -371,6 +373,8 @@ def test_explicit_position_ids_of_rank_2_and_3(family, rank):
                                                   video_grid_thw=batch["video_grid_thw"],
                                                   **({"second_per_grid_ts": batch["second_per_grid_ts"]}
                                                      if "second_per_grid_ts" in batch else {}))
+        if rank == 4:
+            positions = torch.cat([_text_positions(batch).unsqueeze(0), positions], dim=0)
     no_types = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
     keep = torch.ones(batch["input_ids"].shape[1], dtype=torch.bool)
     vpos = (batch["input_ids"][0] == VIDEO).nonzero().squeeze(1)
@@ -379,8 +383,11 @@ def test_explicit_position_ids_of_rank_2_and_3(family, rank):
     drop[rows] = False
     keep[vpos[drop]] = False
     oracle = explicit_pruned_inputs(model, sample, 0.5)
+    kept_positions = positions[..., keep].clone()
+    if rank == 4:
+        kept_positions[0] = torch.arange(int(keep.sum()))
     with torch.no_grad():
-        expected = model(input_ids=oracle["input_ids"], position_ids=positions[..., keep],
+        expected = model(input_ids=oracle["input_ids"], position_ids=kept_positions,
                          mm_encoder_outputs=oracle["mm_encoder_outputs"]).logits
         ref = model(**no_types, position_ids=positions).logits
     tc.apply(model, "evs", 1.0)
@@ -638,3 +645,21 @@ def test_manual_decoding_loop_on_a_compressed_forward_cache():
         # cached vs uncached attention: the same math in a different order (fp32 ulps)
         torch.testing.assert_close(out.logits[:, -1], expected, atol=1e-5, rtol=0)
     assert cache.get_seq_length() == ids.shape[1]
+
+
+def test_positional_arguments_are_compressed_like_keywords():
+    """`model(input_ids, attention_mask, ...)` and `generate(input_ids, ...)`: positional inputs
+    are bound by the original signature, never a silent uncompressed run."""
+    family = "qwen2_vl"
+    model = model_of(family)
+    batch = single(video(family))
+    tc.apply(model, "vidcom2", 0.5)
+    with torch.no_grad():
+        by_keyword = model(**batch).logits
+        rest = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+        by_position = model(batch["input_ids"], batch["attention_mask"], **rest).logits
+    assert dropped_tokens(model) > 0
+    assert_same(by_position, by_keyword)
+    ids = {k: v for k, v in batch.items() if k != "input_ids"}
+    assert_same(model.generate(batch["input_ids"], max_new_tokens=NEW, do_sample=False, **ids),
+                model.generate(**batch, max_new_tokens=NEW, do_sample=False))
