@@ -428,3 +428,14 @@ def test_method_options_reach_the_compressor():
     assert tc.last_stats(model)["visual_tokens_after"] == dropped + 4
     with pytest.raises(tc.ConfigError, match="k=2 is out of range"):
         tc.apply(model, "dycoke", 0.5, k=2)
+
+
+def test_last_stats_describe_the_last_generate_not_an_earlier_one():
+    # issue #16 H15: a text-only generate after a compressed one used to show the old stats
+    model = tiny_model("qwen2_5_vl")
+    tc.apply(model, "vidcom2", 0.25)
+    model.generate(**batch_of(sample_for("qwen2_5_vl")), max_new_tokens=2, do_sample=False)
+    assert tc.last_stats(model)["visual_tokens_before"] == 16
+    text = torch.tensor([[1, 2, 3, 4]])
+    model.generate(input_ids=text, attention_mask=torch.ones_like(text), max_new_tokens=2, do_sample=False)
+    assert tc.last_stats(model) is None

@@ -235,6 +235,8 @@ def _generate(self, original, family, kwargs):
     if record is not None:
         new = translate_continuation(record, kwargs, _cache_len(kwargs), for_generate=True)
         return _run(self, original, family, new, record, kwargs["input_ids"]), None
+    # a new prompt: `last_stats` describes this call from here on, not an earlier one
+    self.__dict__.pop(ATTR_STATS, None)
     settings = settings_of(self)
     if not settings.enabled or not _has_visual_input(kwargs, settings):
         return original(self, **kwargs), None
