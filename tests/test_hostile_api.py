@@ -80,6 +80,6 @@ def test_ratio_one_with_vidcom2_is_documented_and_true(capsys):
     assert sel.budgets[0] == N and 0.8 < sel.kept_fraction < 1.0  # the clamped frame's surplus is lost
     assert tc.select(features.reshape(T * N, 32), T, 1.0, "none").kept_fraction == 1.0
     assert main(["info"]) == 0
-    assert "R_RATIO=1 with vidcom2 keeps most, not all, tokens" in capsys.readouterr().out
+    assert "R_RATIO=1 keeps every token in a model, for every method" in capsys.readouterr().out
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
-    assert "`R_RATIO=1` with VidCom² keeps most, not all, tokens" in readme
+    assert "`select(..., ratio=1)` stays the published algorithm" in readme

@@ -43,8 +43,9 @@ def flash_attn_status(cuda: bool) -> Tuple[bool, str]:
     return True, flash_attn.__version__
 
 
-RATIO_ONE_NOTE = ("R_RATIO=1 with vidcom2 keeps most, not all, tokens (~83-98 %): the published budget clamps "
-                  "the most unique frames at N and does not redistribute their surplus; COMPRESSOR=none keeps all")
+RATIO_ONE_NOTE = ("R_RATIO=1 keeps every token in a model, for every method; select(ratio=1) stays the "
+                  "published algorithm: vidcom2 keeps most, not all (~83-98 %: its budget clamps the most unique "
+                  "frames at N and does not redistribute their surplus)")
 
 
 def collect() -> dict:

@@ -317,7 +317,14 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
             if bool((bidx[offset:offset + n] != b).any()):
                 raise ValueError(f"{kind} {item} spans several samples: input_ids and grids disagree")
             T = int(grids[item][0])
-            sel = select(feat, T, settings.ratio, method=settings.method, **options)
+            if settings.ratio >= 1.0:
+                # ratio 1.0 means "keep everything" in a model, for every method: the published
+                # algorithms do not all keep everything there (VidCom²'s budget clamp keeps ~83 %,
+                # DyCoke drops the last frame of an odd T, HoliTom still merges); `select` itself
+                # stays the authors' algorithm at every ratio
+                sel = select(feat, T, 1.0, method="none")
+            else:
+                sel = select(feat, T, settings.ratio, method=settings.method, **options)
             dropped[b, sidx[offset:offset + n][~sel.mask().to(sidx.device)]] = True
             kept_rows.append(sel.keep.to(feat.device))
             merged.append(sel.features)
