@@ -69,9 +69,10 @@ test-latest:
 	$(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q --upgrade pip
 	.venv-latest/bin/python -m pip install -q --upgrade -e ".[$(EXTRAS)]"
-	.venv-latest/bin/python -m pip check
 	.venv-latest/bin/python -m pip freeze --exclude-editable > .venv-latest/freeze.txt
-	TC_LOCK=none .venv-latest/bin/python -m pytest -q tests
+	@# both verdicts are reported: a failing `pip check` does not hide the suite's result
+	status=0; .venv-latest/bin/python -m pip check || status=$$?; \
+	TC_LOCK=none .venv-latest/bin/python -m pytest -q tests || status=$$?; exit $$status
 
 .lock-tools/bin/uv:
 	rm -rf .lock-tools
