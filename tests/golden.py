@@ -13,33 +13,9 @@ MANIFEST = json.loads((GOLDEN_DIR / "manifest.json").read_text())
 CASES = [c["name"] for c in MANIFEST["cases"]]
 
 
-def load_case(name: str) -> dict:
-    path = GOLDEN_DIR / f"{name}.npz"
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert digest == MANIFEST["files"][path.name], f"{path} does not match its sha256 in the manifest"
-    z = dict(np.load(path))
-    bits = z["feat_bf16_bits"]
-    z["x32"] = torch.from_numpy((bits.astype(np.uint32) << 16).view(np.float32).copy())
-    z["xbf16"] = torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16)
-    for key in ("T", "N", "D"):
-        z[key] = int(z[key])
-    z["ratio"] = float(z["ratio"])
-    return z
-
-
-# -- the authors' other compressors (shared/golden/<method>/, copied to tests/fixtures/<method>/) --
-
-def method_cases(method: str) -> list:
-    """Case names of `tests/fixtures/<method>/manifest.json`."""
-    manifest = json.loads((Path(__file__).parent / "fixtures" / method / "manifest.json").read_text())
-    return [c["name"] for c in manifest["cases"]]
-
-
-def load_method_case(method: str, name: str) -> dict:
-    """One golden case of `method`, its sha256 checked; `x32` the exact fp32 input `[T*N, D]`,
-    `xbf16` the same values in bf16; `keep`, `features_out` (and the rest) as stored."""
-    folder = Path(__file__).parent / "fixtures" / method
-    manifest = json.loads((folder / "manifest.json").read_text())
+def _load(folder: Path, manifest: dict, name: str) -> dict:
+    """One case of `folder`, its sha256 checked against `manifest`; `x32` the exact fp32 input
+    `[T*N, D]`, `xbf16` the same values in bf16, `T`, `N`, `D`, `ratio` as Python numbers."""
     path = folder / f"{name}.npz"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == manifest["files"][path.name], f"{path} does not match its sha256 in the manifest"
@@ -50,6 +26,29 @@ def load_method_case(method: str, name: str) -> dict:
     for key in ("T", "N", "D"):
         z[key] = int(z[key])
     z["ratio"] = float(z["ratio"])
+    return z
+
+
+def load_case(name: str) -> dict:
+    return _load(GOLDEN_DIR, MANIFEST, name)
+
+
+# -- the authors' other compressors (shared/golden/<method>/, copied to tests/fixtures/<method>/) --
+
+def _method_manifest(method: str) -> dict:
+    return json.loads((Path(__file__).parent / "fixtures" / method / "manifest.json").read_text())
+
+
+def method_cases(method: str) -> list:
+    """Case names of `tests/fixtures/<method>/manifest.json`."""
+    return [c["name"] for c in _method_manifest(method)["cases"]]
+
+
+def load_method_case(method: str, name: str) -> dict:
+    """One golden case of `method`, its sha256 checked; `x32` the exact fp32 input `[T*N, D]`,
+    `xbf16` the same values in bf16; `keep`, `features_out` (and the rest) as stored."""
+    manifest = _method_manifest(method)
+    z = _load(Path(__file__).parent / "fixtures" / method, manifest, name)
     z["name"] = name
     z["tolerance"] = manifest["tolerance"]["features_out"]
     return z

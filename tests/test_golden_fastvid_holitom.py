@@ -1,9 +1,6 @@
 """FastVID and HoliTom: exact parity with the VidCom² authors' code on the golden cases, the loop
 formulations, half-precision input, the quirk options, bad input and invariants."""
-import hashlib
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import token_compressor as tc
+from golden import load_method_case, method_cases
 from token_compressor.compressors.fastvid import fastvid
 from token_compressor.compressors.holitom import holitom
 from token_compressor.compressors.reference_baselines import (
@@ -19,29 +17,18 @@ from token_compressor.compressors.reference_baselines import (
     holitom_reference,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
 METHODS = {"fastvid": fastvid, "holitom": holitom}
 REFERENCES = {"fastvid": fastvid_reference, "holitom": holitom_reference}
 ATOL = RTOL = 1e-5  # the golden README's tolerance
 
-
-def _manifest(method):
-    return json.loads((FIXTURES / method / "manifest.json").read_text())
-
-
-CASES = [(m, c["name"]) for m in METHODS for c in _manifest(m)["cases"]]
+CASES = [(m, c) for m in METHODS for c in method_cases(m)]
 
 
 def load_case(method, name):
-    path = FIXTURES / method / f"{name}.npz"
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert digest == _manifest(method)["files"][path.name], f"{path} does not match its sha256 in the manifest"
-    z = dict(np.load(path))
-    T, N, D = int(z["T"]), int(z["N"]), int(z["D"])
-    bits = z["feat_bf16_bits"]
-    z["x32"] = torch.from_numpy((bits.astype(np.uint32) << 16).view(np.float32).copy()).view(T, N, D)
-    z["xbf16"] = torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16).view(T, N, D)
-    z.update(T=T, N=N, D=D, ratio=float(z["ratio"]))
+    """`golden.load_method_case` with the input as one video `[T, N, D]`."""
+    z = load_method_case(method, name)
+    T, N, D = z["T"], z["N"], z["D"]
+    z["x32"], z["xbf16"] = z["x32"].view(T, N, D), z["xbf16"].view(T, N, D)
     return z
 
 
@@ -119,7 +106,7 @@ def test_global_rng_untouched(case):
 
 # --- HoliTom's placeholder positions and the corrected option -------------------------------
 
-@pytest.mark.parametrize("name", [c["name"] for c in _manifest("holitom")["cases"]])
+@pytest.mark.parametrize("name", method_cases("holitom"))
 def test_holitom_centres_puts_rows_at_their_sources(name):
     z = load_case("holitom", name)
     mask, rows = holitom(z["x32"], z["ratio"], positions="centres")
