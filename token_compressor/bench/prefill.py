@@ -1,5 +1,6 @@
 """End-to-end prefill benchmark: a random-weight Qwen2.5-VL of realistic width (text hidden 1024,
-8 layers) with about 6,000 video tokens, uncompressed vs VidCom² at r = 0.25 and 0.5.
+8 layers) with about 6,000 video tokens, uncompressed vs VidCom² at r = 0.25 and 0.5 and the
+authors' four other compressors (DyCoke, FastVID, VisionZip, HoliTom) at r = 0.25.
 
 Reports prefill time (vision encoder + compression + language model, one forward with
 use_cache=True and last-position logits, as generate() runs it), the compressor's share of it
@@ -78,12 +79,28 @@ def kv_bytes(cache) -> int:
     return total
 
 
-def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = 2, new_tokens: int = 0, warmup: int = 1) -> list:
-    """Prefill of `inputs` by `model` uncompressed and with VidCom² at each ratio, interleaved:
-    on CUDA the median of `repeats` (CUDA events), elsewhere the best of `repeats`, each after
-    `warmup` untimed calls.
+BASELINES = ("dycoke", "fastvid", "visionzip", "holitom")
 
-    One row per configuration: `prefill_ms`, `speedup` (full / this), `vision_ms` (the vision
+
+def configurations(ratios=(0.25, 0.5), baselines=()) -> dict:
+    """`{name: (method, ratio)}`: "full" (method `none`), VidCom² at every ratio, then every
+    method of `baselines` at the first ratio (the authors' table is at r = 0.25)."""
+    configs = {"full": ("none", None), **{f"vidcom2 r={r}": ("vidcom2", r) for r in ratios}}
+    configs.update({f"{m} r={ratios[0]}": (m, ratios[0]) for m in baselines})
+    return configs
+
+
+def _configure(model, method: str, ratio) -> None:
+    tc.apply(model, method=method, ratio=0.25 if ratio is None else ratio)
+
+
+def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = 2, new_tokens: int = 0, warmup: int = 1,
+            baselines=()) -> list:
+    """Prefill of `inputs` by `model` uncompressed, with VidCom² at each ratio and with each
+    method of `baselines` at `ratios[0]` (`configurations`), interleaved: on CUDA the median of
+    `repeats` (CUDA events), elsewhere the best of `repeats`, each after `warmup` untimed calls.
+
+    One row per configuration: `method`, `prefill_ms`, `speedup` (full / this), `vision_ms` (the vision
     encoder, from the compressed runs' statistics: it is the same work in every configuration),
     `compressor_ms` (selection + gathering), `compressor_share` (of this row's prefill) and
     `compressor_of_full` (of the full prefill), `lm_ms` (prefill less vision encoder and
@@ -98,15 +115,12 @@ def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = 2, new_token
             # logits for the last position only, as generate() does
             return model(**inputs, use_cache=True, logits_to_keep=1)
 
-    configs = {"full": None, **{f"vidcom2 r={r}": r for r in ratios}}
-
-    def configure(r):
-        tc.apply(model, method="none" if r is None else "vidcom2", ratio=0.25 if r is None else r)
+    configs = configurations(ratios, baselines)
 
     fns = {}
-    for name, r in configs.items():
-        def fn(_=None, name=name, r=r):
-            configure(r)
+    for name, (method, r) in configs.items():
+        def fn(_=None, name=name, method=method, r=r):
+            _configure(model, method, r)
             out = prefill()
             if r is not None:
                 stats.setdefault(name, []).append(tc.last_stats(model))
@@ -123,8 +137,8 @@ def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = 2, new_token
     vision_ms = statistics.median(s["encode_ms"] for v in stats.values() for s in v) if stats else None
     n_video = int((inputs["input_ids"] == model.config.video_token_id).sum())
     rows, full_kv = [], None
-    for name, r in configs.items():
-        configure(r)
+    for name, (method, r) in configs.items():
+        _configure(model, method, r)
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -133,6 +147,7 @@ def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = 2, new_token
         full_kv = kv if r is None else full_kv
         row = {
             "config": name,
+            "method": method,
             "ratio": r,
             "visual_tokens": stats[name][-1]["visual_tokens_after"] if r is not None else n_video,
             "seq_len": stats[name][-1]["seq_len_after"] if r is not None else int(inputs["input_ids"].shape[1]),
@@ -168,19 +183,16 @@ def measure_generate(model, inputs: dict, rows: list, new_tokens: int, warmup: i
     device = model.device
     L = inputs["input_ids"].shape[1]
 
-    def configure(r):
-        tc.apply(model, method="none" if r is None else "vidcom2", ratio=0.25 if r is None else r)
-
     def generate():
         with torch.no_grad():
             return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
     try:
         if warmup:
-            configure(None)
+            _configure(model, "none", None)
             generate()  # warm-up of the decoding path
         for row in rows:
-            configure(row["ratio"])
+            _configure(model, row["method"], row["ratio"])
             sync(device)
             t0 = time.perf_counter()
             ids = generate()
@@ -191,17 +203,17 @@ def measure_generate(model, inputs: dict, rows: list, new_tokens: int, warmup: i
         tc.revert(model)
 
 
-def run(device="cpu", dtype=torch.bfloat16, repeats=2, ratios=(0.25, 0.5)):
+def run(device="cpu", dtype=torch.bfloat16, repeats=2, ratios=(0.25, 0.5), baselines=BASELINES):
     model = build_model(device, dtype)
     # 48 frames of 448x448: 24 temporal patches x 256 tokens = 6,144 video tokens
-    return measure(model, video_inputs(model.config, 48, 448, 448, device), ratios, repeats)
+    return measure(model, video_inputs(model.config, 48, 448, 448, device), ratios, repeats, baselines=baselines)
 
 
 def print_table(rows, device, dtype):
     print(f"Qwen2.5-VL prefill (random weights, text hidden 1024 x 8 layers), {device}, {dtype}")
-    print(f"{'config':<16}{'video tok':>10}{'prefill ms':>12}{'speed-up':>10}{'compressor':>12}{'KV MiB':>9}{'KV/full':>9}")
+    print(f"{'config':<18}{'video tok':>10}{'prefill ms':>12}{'speed-up':>10}{'compressor':>12}{'KV MiB':>9}{'KV/full':>9}")
     for r in rows:
-        print(f"{r['config']:<16}{r['visual_tokens']:>10}{r['prefill_ms']:>12.1f}{r['speedup']:>9.2f}x"
+        print(f"{r['config']:<18}{r['visual_tokens']:>10}{r['prefill_ms']:>12.1f}{r['speedup']:>9.2f}x"
               f"{100 * r['compressor_share']:>11.1f}%{r['kv_cache_MiB']:>9.2f}{r['kv_vs_full']:>9.3f}")
 
 
@@ -210,9 +222,11 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
+                   help="the other compressors, at r=0.25 (default: all four; none: VidCom² only)")
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
-    rows = run(a.device, dtype, a.repeats)
+    rows = run(a.device, dtype, a.repeats, baselines=tuple(a.baselines))
     print_table(rows, a.device, a.dtype)
     return rows
 

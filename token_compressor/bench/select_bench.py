@@ -28,7 +28,7 @@ import torch
 
 from ..compressors.reference import evs_reference, vidcom2_reference
 from ..selection import select
-from .timing import interleaved_times, median
+from .timing import interleaved_best, interleaved_times, median
 
 DTYPES = (torch.float32, torch.bfloat16)
 

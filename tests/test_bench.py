@@ -1,0 +1,70 @@
+"""`make bench` runs: every benchmark's entry point at toy sizes, through the same functions as the
+recorded runs (the numbers are not judged here; that a benchmark runs and checks its own
+exactness is). A benchmark that cannot run breaks the README's main command."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from token_compressor.bench import baselines_bench, kernels, prefill, select_bench
+from tiny_models import tiny_model
+
+TOY = ["--frames", "4", "--tokens", "16", "--dim", "8"]
+
+
+def test_select_bench_main_runs_every_method_and_is_exact(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    select_bench.main(TOY + ["--repeats", "1", "--baseline-repeats", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    methods = {r["method"] for r in rows}
+    assert methods == {m.name for m in select_bench.METHODS} | set(select_bench.BASELINES)
+    for r in rows:
+        assert r["T"] == 4 and r["N"] == 16 and r["D"] == 8 and 0 < r["kept"] < 4 * 16
+        if r["method"] in select_bench.BASELINES:
+            assert r["ours_ms"] > 0 and r["straightforward_ms"] > 0
+        else:
+            assert r["exact"] is True
+    text = capsys.readouterr().out
+    assert "DyCoke / VisionZip selection" in text and "load average" in text
+
+
+def test_baselines_bench_main_agrees_with_the_loops(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    baselines_bench.main(TOY + ["--repeats", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == sorted(baselines_bench.METHODS)
+    for r in rows:
+        assert r["same_keep"] is True and r["max_feature_diff"] <= 1e-5 and r["speedup"] > 0
+    assert "FastVID / HoliTom" in capsys.readouterr().out
+
+
+def test_kernels_bench_main_runs_on_cpu(tmp_path, capsys):
+    out = tmp_path / "k.json"
+    kernels.main(["--frames", "2", "--tokens", "16", "--dim", "8", "--repeats", "1", "--device", "cpu",
+                  "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert [r["T"] for r in result["rows"]] == [2]
+    assert all(r["torch_ms"] > 0 for r in result["rows"])
+
+
+def test_prefill_measures_every_method_and_compresses():
+    model = tiny_model("qwen2_5_vl")
+    inputs = prefill.video_inputs(model.config, 8, 56, 56)
+    n_video = int((inputs["input_ids"] == model.config.video_token_id).sum())
+    rows = prefill.measure(model, inputs, ratios=(0.25, 0.5), repeats=1, warmup=0, baselines=prefill.BASELINES)
+    by = {r["config"]: r for r in rows}
+    assert list(by) == ["full", "vidcom2 r=0.25", "vidcom2 r=0.5"] + [f"{m} r=0.25" for m in prefill.BASELINES]
+    assert by["full"]["visual_tokens"] == n_video and by["full"]["compressor_ms"] == 0
+    for name, r in by.items():
+        if name == "full":
+            continue
+        assert r["method"] == name.split()[0]
+        # every method really dropped tokens and shortened the KV cache
+        assert 0 < r["visual_tokens"] < n_video and r["kv_vs_full"] < 1, name
+        assert r["compressor_ms"] > 0 and 0 < r["compressor_share"] < 1
+    prefill.print_table(rows, "cpu", "bfloat16")
+    # the model is left as it was: it answers exactly as a fresh copy of it
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, tiny_model("qwen2_5_vl")(**inputs).logits)
