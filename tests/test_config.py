@@ -57,15 +57,43 @@ AUTHORS_VARIABLES = {
                 "HOLITOM_K": ("5", "k", 5), "HOLITOM_MAX_WINDOW_SIZE": ("64", "max_window_size", 64)},
 }
 
+# ours: the corrected behaviours of the authors' quirks, off by default
+CORRECTION_VARIABLES = {
+    "dycoke": {"TOKEN_COMPRESSOR_DYCOKE_KEEP_LAST_FRAME": ("on", "keep_last_frame", True)},
+    "fastvid": {"TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET": ("1", "fill_budget", True)},
+    "visionzip": {},
+    "holitom": {"TOKEN_COMPRESSOR_HOLITOM_POSITIONS": ("Centres", "positions", "centres")},
+}
+
 
 def test_every_authors_variable_is_read_in_one_table():
     assert {m: {v for v, _, _ in rows} for m, rows in METHOD_OPTIONS.items()} == \
-        {m: set(vs) for m, vs in AUTHORS_VARIABLES.items()}
+        {m: set(vs) | set(CORRECTION_VARIABLES[m]) for m, vs in AUTHORS_VARIABLES.items()}
+
+
+@pytest.mark.parametrize("method", sorted(CORRECTION_VARIABLES))
+def test_correction_variables_map_to_options(method):
+    env = {var: text for var, (text, _, _) in CORRECTION_VARIABLES[method].items()}
+    assert method_options_from_env(method, env) == {opt: v for _, opt, v in CORRECTION_VARIABLES[method].values()}
+    off = {var: "off" for var in env if not var.endswith("POSITIONS")}
+    assert all(v is False for v in method_options_from_env(method, off).values())
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET": "maybe"}, r"TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET='maybe' is not a switch"),
+    ({"TOKEN_COMPRESSOR_HOLITOM_POSITIONS": "center"}, r"TOKEN_COMPRESSOR_HOLITOM_POSITIONS='center' is not accepted; "
+                                                      r"expected one of: linspace, centres"),
+])
+def test_bad_correction_variables_name_the_variable(env, message):
+    method = "fastvid" if "FASTVID" in next(iter(env)) else "holitom"
+    with pytest.raises(ConfigError, match=message):
+        from_env({"COMPRESSOR": method, **env})
 
 
 @pytest.mark.parametrize("method", sorted(AUTHORS_VARIABLES))
 def test_variables_map_to_the_methods_options(method):
     env = {var: text for var, (text, _, _) in AUTHORS_VARIABLES[method].items()}
+    # (the corrections are checked separately below)
     assert method_options_from_env(method, env) == {opt: value for _, opt, value in AUTHORS_VARIABLES[method].values()}
     assert method_options_from_env(method, {}) == {}, "unset: the compressor's (the authors') defaults"
     assert method_options_from_env(method, {var: " " for var in env}) == {}

@@ -143,6 +143,10 @@ LOOP_CASES = [
     ("fastvid", 11, 0.1, dict(dyseg_c=2, dyseg_tau=0.3, dyseg_ignore=0.995, dtm_p=1)),
     ("fastvid", 13, 0.3, dict(dyseg_c=1, dyseg_tau=0.0, dyseg_ignore=0.999, dtm_p=2, stprune_d=0.8)),
     ("fastvid", 17, 0.7, dict(dyseg_c=3, dyseg_tau=0.5, dyseg_ignore=0.999, dtm_beta=0.2)),
+    # fill_budget (ours, not the authors'): the dropped budget back as extra salient tokens
+    ("fastvid", 7, 0.3, dict(fill_budget=True)),
+    ("fastvid", 13, 0.3, dict(dyseg_c=1, dyseg_tau=0.0, dyseg_ignore=0.999, dtm_p=2, stprune_d=0.8, fill_budget=True)),
+    ("fastvid", 17, 0.7, dict(dyseg_c=3, dyseg_tau=0.5, dyseg_ignore=0.999, dtm_beta=0.2, fill_budget=True)),
     ("holitom", 5, 0.3, dict(t=0.5)),
     ("holitom", 8, 0.1, dict(t=0.3, max_window_size=3, k=2, beta=0.3)),
     ("holitom", 12, 1.0, dict(t=0.5, positions="centres")),
@@ -173,6 +177,30 @@ def test_fastvid_loop_case_has_several_runs_per_segment():
 
 
 # --- corner cases and documented decisions --------------------------------------------------
+
+@pytest.mark.parametrize("seed,ratio,kw", [(7, 0.3, {}), (3, 0.7, dict(dyseg_c=3, dyseg_ignore=0.999)),
+                                         (12, 0.7, dict(dyseg_c=3, dyseg_ignore=0.999))])
+def test_fastvid_fill_budget_keeps_exactly_the_budget(seed, ratio, kw):
+    x = _video(14, 12 + seed % 5, 16, seed)
+    T, N, _ = x.shape
+    authors, _ = fastvid(x, ratio, **kw)
+    filled, rows = fastvid(x, ratio, fill_budget=True, **kw)
+    budget = max(1, min(N, int(N * ratio))) * T
+    assert int(authors.sum()) < budget  # the quirk this option corrects is present in the case
+    assert int(filled.sum()) == budget and rows.shape[0] == budget
+
+
+def test_fastvid_fill_budgets_water_fills_from_the_last_frame():
+    from token_compressor.compressors.fastvid import fill_budgets
+
+    seg = torch.tensor([0, 0, 0, 0, 1, 1])
+    sal = torch.tensor([0, 0, 1, 8, 0, 5])
+    ctx = torch.tensor([0, 0, 0, 2, 0, 0])
+    # segment 0: needs 16 - 11 = 5, rooms [10, 10, 9, 0] -> two rounds over the three frames with
+    # room, then one more on the latest of them; segment 1 needs 0
+    out = fill_budgets(seg, sal, ctx, torch.tensor([16, 5]), 10)
+    assert out.tolist() == [1, 2, 3, 8, 0, 5]
+
 
 def test_fastvid_ratio_one_is_identity():
     x = torch.randn(3, 5, 4)

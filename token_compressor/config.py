@@ -7,6 +7,8 @@
 | `TOKEN_COMPRESSOR_KERNELS`| `auto`, `triton` or `torch`                | `auto`  |
 | `TOKEN_COMPRESSOR_REPORT` | `1`/`on`/`true` or `0`/`off`/`false`       | `1` (the run report of lmms-eval runs and the launcher) |
 | the authors' hyperparameters of `dycoke`, `fastvid`, `visionzip`, `holitom` | see `METHOD_OPTIONS` below | the authors' defaults |
+| `TOKEN_COMPRESSOR_DYCOKE_KEEP_LAST_FRAME`, `TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET` | a switch | off (the authors' behaviour) |
+| `TOKEN_COMPRESSOR_HOLITOM_POSITIONS` | `linspace` or `centres` | `linspace` (the authors') |
 
 `Config.from_env()` returns one immutable, validated `Config`; a bad value raises `ConfigError`
 naming the variable, the value and what is accepted.
@@ -148,11 +150,39 @@ def _integer_at_least(lo: int, also=()):
     return parse
 
 
-# method -> ((environment variable, option name, parser), ...)
+def _switch_option():
+    expected = f"one of: {', '.join(_TRUE + _FALSE)}"
+
+    def parse(value, source: str) -> bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in _TRUE + _FALSE:
+            return parse_switch(value, source, False)
+        raise ConfigError(f"{source}={value!r} is not a switch; expected {expected}")
+    parse.expected = expected
+    return parse
+
+
+def _choice_option(choices):
+    expected = f"one of: {', '.join(choices)}"
+
+    def parse(value, source: str) -> str:
+        text = str(value).strip().lower()
+        if isinstance(value, str) and text in choices:
+            return text
+        raise ConfigError(f"{source}={value!r} is not accepted; expected {expected}")
+    parse.expected = expected
+    return parse
+
+
+# method -> ((environment variable, option name, parser), ...). The authors' variables first;
+# the TOKEN_COMPRESSOR_* ones are ours: the corrected behaviours of the authors' quirks
+# (README, "The authors' quirks"), off by default, so that lmms-eval runs can reach them too.
 METHOD_OPTIONS = {
     "dycoke": (
         ("DYCOKE_K", "k", _number_in(0.0, 1.0)),  # merging ratio; default 1 - R_RATIO
         ("DYCOKE_NUM_TOKENS_PER_FRAME", "num_tokens_per_frame", _integer_at_least(1, also=(-1,))),
+        ("TOKEN_COMPRESSOR_DYCOKE_KEEP_LAST_FRAME", "keep_last_frame", _switch_option()),
     ),
     "fastvid": (
         ("fastvid_retention_ratio", "retention_ratio", _number_in(0.0, 1.0, lo_open=True)),  # default R_RATIO
@@ -162,6 +192,7 @@ METHOD_OPTIONS = {
         ("fastvid_STPrune_d", "stprune_d", _number_in(0.0, 1.0)),
         ("fastvid_DTM_p", "dtm_p", _integer_at_least(1)),
         ("fastvid_DTM_beta", "dtm_beta", _number_in(0.0, 1.0)),
+        ("TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET", "fill_budget", _switch_option()),
     ),
     "visionzip": (
         ("visionzip_dominant_ratio", "dominant_ratio", _number_in(0.0, 1.0)),
@@ -173,6 +204,7 @@ METHOD_OPTIONS = {
         ("HOLITOM_D", "d", _number_in(0.0, 1.0)),
         ("HOLITOM_K", "k", _integer_at_least(1)),
         ("HOLITOM_MAX_WINDOW_SIZE", "max_window_size", _integer_at_least(1)),
+        ("TOKEN_COMPRESSOR_HOLITOM_POSITIONS", "positions", _choice_option(("linspace", "centres"))),
     ),
 }
 

@@ -15,7 +15,9 @@ are in the input dtype.
 The authors' quirks, reproduced:
 * far fewer tokens than `r*T*N` are kept when segments are long: a frame keeps at most `N` tokens,
   at most `N//2` of them context, and only the last frame of each run of near-identical frames
-  gets any, so the rest of the segment's budget is dropped.
+  gets any, so the rest of the segment's budget is dropped. `fill_budget=True` (not the
+  authors') spreads what the caps drop over the segment's frames as extra salient tokens
+  (`fill_budgets`), so that exactly `int(N*r)*T` tokens are kept.
 * with several context frames in one segment a token is merged into one context token of each.
 * the DPC density gets `U[0,1)*1e-6` noise from the authors' global `torch.rand`, which only
   matters for exact density ties. Here it is drawn from a generator seeded with `seed` (one draw
@@ -110,6 +112,32 @@ def frame_budgets(seg: torch.Tensor, inner: torch.Tensor, N: int, r: float, d: f
     return sal, ctx, R
 
 
+def fill_budgets(seg: torch.Tensor, sal: torch.Tensor, ctx: torch.Tensor, R: torch.Tensor, N: int) -> torch.Tensor:
+    """Salient budgets `[T]` (CPU int64) with each segment's dropped budget given back.
+
+    Segment g keeps `sum(sal + ctx)` of its `R[g]` tokens; the difference goes to its frames as
+    extra salient tokens, as evenly as each frame's room `N - sal - ctx` allows: round by round,
+    every frame with room left gets one more, from the segment's last frame backwards, until
+    none is missing (water-filling to level `lam`, the smallest with `sum(min(room, lam)) >= need`;
+    the last, partial round goes to the latest frames). The room always suffices: `R[g] <= N*L`.
+    """
+    sal = sal.clone()
+    for g in range(R.numel()):
+        frames = (seg == g).nonzero().flatten()
+        room = N - sal[frames] - ctx[frames]
+        need = int(R[g]) - int((sal[frames] + ctx[frames]).sum())
+        if need <= 0:
+            continue
+        levels = torch.arange(1, int(room.max()) + 1)
+        filled = torch.minimum(room.unsqueeze(0), levels.unsqueeze(1)).sum(1)  # tokens given up to each level
+        lam = int(levels[int(torch.searchsorted(filled, need))])
+        extra = room.clamp(max=lam - 1)
+        last_round = (room >= lam).nonzero().flatten().flip(0)[: need - int(extra.sum())]
+        extra[last_round] += 1
+        sal[frames] += extra
+    return sal
+
+
 @register_compressor("fastvid")
 def fastvid(
     features: torch.Tensor,
@@ -124,6 +152,7 @@ def fastvid(
     dtm_beta: float = 0.5,
     jitter: float = 1e-6,
     seed: int = 0,
+    fill_budget: bool = False,
 ):
     """FastVID merging for one video.
 
@@ -139,6 +168,9 @@ def fastvid(
         dtm_p: one context group per `dtm_p` runs of a segment (`fastvid_DTM_p`).
         dtm_beta: least weight of a context token in its merged row (`fastvid_DTM_beta`).
         jitter: scale of the uniform DPC density noise (0: none); `seed` seeds it.
+        fill_budget: keep exactly `int(N*r)*T` tokens: what the authors' per-frame caps drop is
+            given back as extra salient tokens of the segment's frames (`fill_budgets`; not the
+            authors' behaviour, False by default).
     Returns:
         `(mask, merged)`: bool `[T, N]` with K >= 1 kept rows and `[K, D]` their features in
         ascending (row-major) order, in the input dtype: salient rows are bitwise copies,
@@ -160,6 +192,8 @@ def fastvid(
         raise ValueError(f"fastvid: dtm_p (fastvid_DTM_p) must be an integer >= 1, got {dtm_p!r}")
     if not (float(jitter) >= 0.0 and math.isfinite(float(jitter))):
         raise ValueError(f"fastvid: jitter must be a finite number >= 0, got {jitter!r}")
+    if not isinstance(fill_budget, bool):
+        raise ValueError(f"fastvid: fill_budget must be True or False, got {fill_budget!r}")
 
     T, N, D = features.shape
     dev = features.device
@@ -172,6 +206,8 @@ def fastvid(
         means[t0:t1] = x.mean(dim=1)
     seg, inner, _ = segment_ids(means, int(dyseg_c), float(dyseg_tau), float(dyseg_ignore))
     sal_n, ctx_n, seg_budget = frame_budgets(seg, inner, N, r, float(stprune_d), int(dtm_p))
+    if fill_budget:
+        sal_n = fill_budgets(seg.cpu(), sal_n, ctx_n, seg_budget, N)
     seg = seg.to(dev)
     salient = _rank_mask(norms, sal_n.to(dev))  # [T, N]
 

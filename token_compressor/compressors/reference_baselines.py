@@ -109,7 +109,7 @@ def _runs(sim, threshold):
 
 
 def fastvid_reference(features, ratio, *, dyseg_c=8, dyseg_tau=0.84, dyseg_ignore=0.99, stprune_d=0.5,
-                      dtm_p=4, dtm_beta=0.5, jitter=1e-6, seed=0, compute_dtype=torch.float32):
+                      dtm_p=4, dtm_beta=0.5, jitter=1e-6, seed=0, fill_budget=False, compute_dtype=torch.float32):
     """FastVID `[T, N, D]` -> (mask bool `[T, N]`, merged `[K, D]`), loops as the authors'."""
     T, N, D = features.shape
     if ratio >= 1.0:
@@ -155,11 +155,21 @@ def fastvid_reference(features, ratio, *, dyseg_c=8, dyseg_tau=0.84, dyseg_ignor
                 else:
                     ctx_b.append(0)
                     sal_b.append(min(sal_v[j], N))
+        sal_b = [min(max(0, v), N) for v in sal_b]
+        ctx_b = [min(max(0, c), N - v) for v, c in zip(sal_b, ctx_b)]
+        if fill_budget:  # give back what the caps dropped: one token per frame per round, last frame first
+            need = R - sum(sal_b) - sum(ctx_b)
+            room = [N - v - c for v, c in zip(sal_b, ctx_b)]
+            while need > 0:
+                for f in reversed(range(L)):
+                    if need > 0 and room[f] > 0:
+                        sal_b[f] += 1
+                        room[f] -= 1
+                        need -= 1
         seg_x = x[s0:s1].reshape(L * N, D)
         salient, contexts = [], []
         for f in range(L):
-            sal = min(max(0, sal_b[f]), N)
-            ctx = min(max(0, ctx_b[f]), N - sal)
+            sal, ctx = sal_b[f], ctx_b[f]
             top = torch.topk(norms[s0 + f], sal).indices if sal > 0 else torch.zeros(0, dtype=torch.long)
             salient.append(top + f * N)
             if ctx > 0:
