@@ -2,7 +2,7 @@
 `token-compressor bench` runs the same code as `make bench` (`python -m benchmarks` in a checkout).
 
     select_bench   selection speed and exactness: `select` vs each method's straightforward formulation
-    baselines_bench  FastVID / HoliTom: the vectorised compressors vs their loop formulations
+                   (VidCom², EVS; then the authors' four baselines vs their loop formulations)
     kernels        scoring kernels: Triton (GPU) / torch / loop formulation, bandwidth vs peak
     prefill        end to end: a realistic-width random Qwen2.5-VL, prefill full vs compressed
     retention      which share of a planted event each compressor keeps (raw pixel features)
@@ -18,11 +18,9 @@ def main(argv=None, with_prefill: bool = True) -> None:
     """`make bench` / `token-compressor bench`: the selection benchmark (`argv`: its arguments),
     then (unless `with_prefill=False`) the kernel benchmark and the end-to-end prefill benchmark
     (together about three minutes on 2 CPU cores)."""
-    from . import baselines_bench, kernels, prefill, select_bench
+    from . import kernels, prefill, select_bench
 
     select_bench.main(list(MAKE_BENCH_ARGS) if argv is None else argv)
-    print()
-    baselines_bench.main([])
     if with_prefill:
         print()
         kernels.main(["--repeats", "3"])
