@@ -284,6 +284,8 @@ def test_unsupported_transformers_version_is_refused():
 ORACLE_METHODS = sorted(set(tc.available_compressors()) - {"none"})
 MERGING_SAMPLE = ((4, 4, 4), (2, 4, 8))  # 4 frames x 4 tokens, 2 frames x 8 tokens
 MERGING_RATIO = 0.6  # visionzip: 1 dominant + 1 merged anchor a frame, and 2 + 2
+# the VidCom² authors' four Qwen baselines: pruning (dycoke) and merging (the other three)
+AUTHORS_BASELINES = ["dycoke", "fastvid", "visionzip", "holitom"]
 
 
 def _merges(model, sample, method, ratio):
@@ -324,7 +326,7 @@ def test_visionzip_merges_on_the_oracle_sample():
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
-@pytest.mark.parametrize("method", ["visionzip", "dycoke"])
+@pytest.mark.parametrize("method", AUTHORS_BASELINES)
 def test_merged_prefill_equals_the_inputs_embeds_path(family, method):
     model = tiny_model(family)
     sample = sample_for(family, grids=MERGING_SAMPLE)
@@ -338,7 +340,7 @@ def test_merged_prefill_equals_the_inputs_embeds_path(family, method):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", ["visionzip", "dycoke"])
+@pytest.mark.parametrize("method", AUTHORS_BASELINES)
 def test_merged_generate_with_cache_equals_uncached_greedy_loop(family, method):
     model = tiny_model(family)
     sample = sample_for(family, grids=MERGING_SAMPLE)
@@ -352,10 +354,13 @@ def test_merged_generate_with_cache_equals_uncached_greedy_loop(family, method):
     stats = tc.last_stats(model)
     assert stats["method"] == method and stats["visual_tokens_before"] == 32
     assert stats["visual_tokens_after"] == int((oracle["input_ids"] == VIDEO).sum())
+    assert stats["visual_tokens_after"] < 32, "the sample must really be compressed"
+    if method != "dycoke":  # the merging three: the kept rows carry merged features
+        assert _merges(tiny_model(family), sample, method, MERGING_RATIO)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", ["visionzip", "dycoke"])
+@pytest.mark.parametrize("method", AUTHORS_BASELINES)
 def test_merged_batch_with_padding_gives_each_sample_alone(family, method):
     model = tiny_model(family)
     samples = [
@@ -381,7 +386,7 @@ def test_merged_batch_with_padding_gives_each_sample_alone(family, method):
         assert torch.equal(out[b, L:], alone_ids[b])
 
 
-@pytest.mark.parametrize("method", ["visionzip", "dycoke"])
+@pytest.mark.parametrize("method", AUTHORS_BASELINES)
 def test_merged_labels_are_pruned_at_the_same_positions(method):
     family = "qwen3_vl"
     model = tiny_model(family)
