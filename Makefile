@@ -8,7 +8,7 @@
 # installed); before every test or bench run it refuses a venv that drifted from its lock.
 #
 #   make test          the main suite on requirements/main.lock (newest supported versions)
-#   make test-oldest   model-patch, selection, kernel, CLI tests on requirements/oldest.lock
+#   make test-oldest   model-patch and contract, selection, kernel, CLI tests on requirements/oldest.lock
 #   make test-latest   the suite on the newest releases setup.py allows, WITHOUT a lock (not in CI)
 #   make lock          regenerate both locks (uv pip compile, pinned below)
 PYTHON ?= python3
@@ -19,9 +19,10 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 EXTRAS := test,eval,viz,screening
 PY := .venv/bin/python
 
-# The tests `make test-oldest` runs: model patches, selection (golden parity included), the Triton
-# interpreter checks and the command line. The lmms-eval end-to-end tests stay on the main lock.
-OLDEST_TESTS := tests/test_models.py tests/test_processor_path.py tests/test_select.py \
+# The tests `make test-oldest` runs: model patches and their generate/forward contract, selection
+# (golden parity included), the Triton interpreter checks and the command line. The lmms-eval
+# end-to-end tests stay on the main lock.
+OLDEST_TESTS := tests/test_models.py tests/test_contract.py tests/test_processor_path.py tests/test_select.py \
 	tests/test_golden.py tests/test_golden_baselines.py tests/test_golden_fastvid_holitom.py \
 	tests/test_evs.py tests/test_score_range.py tests/test_selection_threads.py tests/test_config.py \
 	tests/test_kernels_triton.py tests/test_cli.py tests/test_cli_model.py tests/test_lock.py \

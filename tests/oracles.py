@@ -56,34 +56,71 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
         "attention_mask": torch.ones(1, Lp, dtype=torch.long, device=dev),
         "mm_token_type_ids": mm[:, keep],
         "position_ids": position_ids,
-        **_features_input(model, sample, enc),
+        **features_input(model, sample, enc),
     }
 
 
-def _features_input(model, sample, enc):
-    """How the unpatched model is given the pruned encoder output `enc`.
+FEATURE_INPUTS = ("mm_encoder_outputs", "pixel_values_videos", "video_grid_thw")
+_PLACEHOLDERS = iter(range(10_000, 10**9))  # one seed per oracle: no two oracles share pixels
+
+
+def feature_inputs(inputs):
+    """The keyword arguments of `inputs` (an oracle's) that carry its video features: what a
+    call built by hand must pass along with its own ids and positions."""
+    return {k: v for k, v in inputs.items() if k in FEATURE_INPUTS}
+
+
+def features_input(model, sample, enc):
+    """How the unpatched model is given the (pruned) encoder output `enc` of `sample`'s videos:
+    the keyword arguments to pass it.
 
     transformers 5.23: `mm_encoder_outputs`. 5.17 has no such argument (its forward computes the
-    features from the pixel values): the oracle passes the sample's own pixel values and makes
-    the model's `get_video_features` answer `enc` for exactly that tensor (any other input still
-    runs the vision tower), with deepstack layers concatenated as 5.17's forward expects them."""
+    features from the pixel values): the oracle passes placeholder pixel values of its own (random,
+    seeded per oracle, so that no other call passes the same) and makes the model's
+    `get_video_features` answer `enc` for exactly those, or for generate's copies of them per beam
+    / returned sequence (`enc`'s items repeated as one block, as generate repeats a sample's videos);
+    any other input still runs the vision tower, and so would the placeholders themselves were
+    they ever not answered here (features of noise: the comparison fails). Deepstack layers are
+    concatenated as 5.17's forward expects them. `enc` keeps its autograd graph."""
     inner = model.model
     if "mm_encoder_outputs" in inspect.signature(type(inner).forward).parameters:
         return {"mm_encoder_outputs": {"video": enc}}
-    pixels = sample["pixel_values_videos"].clone()  # the oracle's own tensor: nobody else passes it
-    fed = type(enc)(**{k: v for k, v in enc.items()})
-    if getattr(enc, "deepstack_features", None) is not None:
-        fed.deepstack_features = [torch.cat(layer, dim=0) for layer in enc.deepstack_features]
-    real = type(inner).get_video_features.__get__(inner)
-    previous = inner.__dict__.get("get_video_features", real)
+    real = sample["pixel_values_videos"]
+    grid = sample["video_grid_thw"]
+    gen = torch.Generator().manual_seed(next(_PLACEHOLDERS))
+    pixels = torch.randn(real.shape, generator=gen).to(device=real.device, dtype=real.dtype)
+    deep = getattr(enc, "deepstack_features", None)
+
+    def fed(copies):
+        out = type(enc)(**{k: v for k, v in enc.items()})
+        out.pooler_output = tuple(enc.pooler_output) * copies
+        if deep is not None:
+            out.deepstack_features = [torch.cat(list(layer) * copies, dim=0) for layer in deep]
+        return out
+
+    def copies_of(pixel_values):
+        """k when `pixel_values` is the placeholder repeated k times (generate's expansion), else 0."""
+        n = pixels.shape[0]
+        if pixel_values is pixels:
+            return 1
+        if pixel_values.shape[0] % n or pixel_values.shape[1:] != pixels.shape[1:]:
+            return 0
+        k = pixel_values.shape[0] // n
+        return k if torch.equal(pixel_values, pixels.repeat(k, *([1] * (pixels.dim() - 1)))) else 0
+
+    real_get = type(inner).get_video_features.__get__(inner)
+    previous = inner.__dict__.get("get_video_features", real_get)
 
     def get_video_features(pixel_values_videos, video_grid_thw=None, **kwargs):
-        if pixel_values_videos is pixels:
-            return fed
-        return previous(pixel_values_videos, video_grid_thw, **kwargs)
+        k = copies_of(pixel_values_videos)
+        if not k:
+            return previous(pixel_values_videos, video_grid_thw, **kwargs)
+        assert video_grid_thw is None or torch.equal(video_grid_thw.cpu(), grid.cpu().repeat(k, 1)), \
+            "the oracle's placeholder pixels came with other grids"
+        return fed(k)
 
     inner.get_video_features = get_video_features
-    return {"pixel_values_videos": pixels, "video_grid_thw": sample["video_grid_thw"]}
+    return {"pixel_values_videos": pixels, "video_grid_thw": grid}
 
 
 def as_inputs_embeds(model, oracle, video_token_id=VIDEO):
@@ -95,7 +132,7 @@ def as_inputs_embeds(model, oracle, video_token_id=VIDEO):
         embeds = model.get_input_embeddings()(ids)
     if "mm_encoder_outputs" in oracle:
         video = oracle["mm_encoder_outputs"]["video"]
-    else:  # transformers 5.17: the features `_features_input` hands the model for these pixels
+    else:  # transformers 5.17: the features `features_input` hands the model for these pixels
         video = model.model.get_video_features(oracle["pixel_values_videos"], oracle["video_grid_thw"])
     feats = torch.cat(list(video.pooler_output)).to(embeds.dtype)
     embeds[ids == video_token_id] = feats
@@ -111,8 +148,7 @@ def greedy_uncached(model, inputs, steps, suppress=SPECIAL):
     out = []
     for _ in range(steps):
         with torch.no_grad():
-            features = {k: v for k, v in inputs.items()
-                        if k in ("mm_encoder_outputs", "pixel_values_videos", "video_grid_thw")}
+            features = feature_inputs(inputs)
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos,
                            mm_token_type_ids=mm, use_cache=False, **features).logits
         last = logits[:, -1].clone()

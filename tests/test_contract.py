@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import token_compressor as tc
-from oracles import SPECIAL, explicit_pruned_inputs, greedy_uncached
+from oracles import SPECIAL, explicit_pruned_inputs, feature_inputs, features_input, greedy_uncached
 from tiny_models import FAMILIES, IMAGE, PAD, VIDEO, collate, make_sample, tiny_model
 from token_compressor import report
 
@@ -274,6 +274,16 @@ def test_forward_equals_the_explicitly_pruned_prompt(family, method):
         got = model(**batch, labels=labels, **FORWARD)
         got_last = model(**batch, logits_to_keep=1).logits
     assert dropped_tokens(model) > 0
+    if "rope_deltas" in type(got).__dataclass_fields__:
+        # transformers 5.17 returns the model's rope_deltas (state it keeps for decoding without
+        # positions; 5.23 returns none): the oracle was given its positions, so its value is
+        # whatever an earlier call left. Compressed, it must place the next token after the last
+        # kept one: the largest kept M-RoPE id + 1, at cache position L'
+        pos = oracle_inputs["position_ids"]
+        expected = pos[1:].amax(dim=(0, 2)).view(-1, 1) + 1 - pos.shape[-1]
+        assert_same(got.rope_deltas, expected, "rope_deltas")
+        assert_same(model.model.rope_deltas, expected, "the model's rope_deltas")
+        got, ref = ({k: v for k, v in out.items() if k != "rope_deltas"} for out in (got, ref))
     assert_same(got, ref)
     assert_same(got_last, ref_last)
 
@@ -317,7 +327,7 @@ def test_gradients_reach_the_kept_tokens_and_the_vision_tower_with_checkpointing
             keep = [k for k in _kept_rows(model, sample, 0.5)]
             enc = model.model.get_video_features(sample["pixel_values_videos"], sample["video_grid_thw"], return_dict=True)
             enc.pooler_output = tuple(f.index_select(0, k) for f, k in zip(enc.pooler_output, keep))
-            inputs["mm_encoder_outputs"] = {"video": enc}
+            inputs.update(features_input(model, sample, enc))
         labels = inputs["input_ids"].masked_fill(inputs["mm_token_type_ids"] != 0, -100)
         loss = model(**inputs, labels=labels).loss
         loss.backward()
@@ -405,7 +415,7 @@ def test_explicit_position_ids_of_every_rank(family, rank):
         kept_positions[0] = torch.arange(int(keep.sum()))
     with torch.no_grad():
         expected = model(input_ids=oracle["input_ids"], position_ids=kept_positions,
-                         mm_encoder_outputs=oracle["mm_encoder_outputs"]).logits
+                         **feature_inputs(oracle)).logits
         ref = model(**no_types, position_ids=positions).logits
     tc.apply(model, "evs", 1.0)
     with torch.no_grad():
@@ -552,7 +562,7 @@ def uncached_logits(model, inputs, tokens):
     for i in range(len(tokens) + 1):
         with torch.no_grad():
             out.append(model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos, mm_token_type_ids=mm,
-                             mm_encoder_outputs=inputs["mm_encoder_outputs"], use_cache=False).logits[0, -1])
+                             **feature_inputs(inputs), use_cache=False).logits[0, -1])
         if i < len(tokens):
             nxt = tokens[i].view(1, 1)
             ids, mm = torch.cat([ids, nxt], 1), torch.cat([mm, torch.zeros_like(nxt)], 1)
@@ -657,7 +667,7 @@ def test_manual_decoding_loop_on_a_compressed_forward_cache():
         tc.revert(model)
         with torch.no_grad():
             expected = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos, mm_token_type_ids=mm,
-                             mm_encoder_outputs=oracle["mm_encoder_outputs"], use_cache=False).logits[:, -1]
+                             **feature_inputs(oracle), use_cache=False).logits[:, -1]
         tc.apply(model, "vidcom2", 0.5)
         # cached vs uncached attention: the same math in a different order (fp32 ulps)
         torch.testing.assert_close(out.logits[:, -1], expected, atol=1e-5, rtol=0)
