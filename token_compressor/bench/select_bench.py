@@ -7,6 +7,9 @@ Every method with a straightforward formulation to compare against is one `Metho
     input dtype as their code computes; exactness: equal to the float64 loop formulation.
   - evs: `compressors.reference.evs_reference`, vLLM's formulation on the fp32 upcast (a whole
     fp32 copy, `F.cosine_similarity`, one stable sort); exactness: equal to it.
+A second table (`run_baselines`) times the VidCom² authors' four Qwen baselines (dycoke,
+visionzip, fastvid, holitom) against their loop formulations (`compressors/reference_baselines.py`)
+on bf16 input, with each one's agreement to its loops.
 Each is timed at one CPU thread and at torch's default thread count, on fp32 and bf16 input. All
 cells are interleaved round by round in one run (every round runs every cell once), so the ratios
 compare formulations under the same machine conditions; best and median of the rounds. The
@@ -28,7 +31,7 @@ import torch
 
 from ..compressors.reference import evs_reference, vidcom2_reference
 from ..selection import select
-from .timing import interleaved_best, interleaved_times, median
+from .timing import interleaved_times, median
 
 DTYPES = (torch.float32, torch.bfloat16)
 
