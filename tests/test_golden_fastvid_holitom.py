@@ -347,3 +347,16 @@ def test_half_input_in_blocks_of_frames_behaves_as_fp32(case, frames_per_block, 
     mask, rows = fn(case["xbf16"], case["ratio"])
     assert torch.equal(mask, mask_up)
     assert torch.equal(rows, rows_up.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("method", ["fastvid", "holitom"])
+def test_no_warning_reaches_the_user(method):
+    # torch 2.11 warned "Sparse invariant checks are implicitly disabled" from the merge products
+    # (once per process: each case fails on its own against the old code)
+    import warnings
+
+    seed, ratio, kw = {"fastvid": (7, 0.3, {}), "holitom": (8, 0.1, dict(t=0.3, max_window_size=3, k=2))}[method]
+    x = _video(14, 12 + seed % 5, 16, seed)  # LOOP_CASES: both merge through their sparse sums
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        METHODS[method](x, ratio, **kw)

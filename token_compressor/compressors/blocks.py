@@ -38,3 +38,17 @@ def fp32_blocks(features: torch.Tensor, overlap: int = 0) -> Iterator[Tuple[int,
         if t1 == T:
             return
         t0 = t1 - overlap
+
+
+def one_hot_sums(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, x: torch.Tensor) -> torch.Tensor:
+    """`S @ x` for the 0/1 matrix `S` `[n_rows, M]` with a one at every `(rows[j], cols[j])`:
+    row i is the sum of the rows of `x` `[M, D]` listed against i (each pair once).
+
+    One sparse product: no gathered copy of the summed rows, and faster than `index_add_` on
+    CPU. The indices are built by the caller and in range, so torch's invariant checks are off,
+    explicitly (torch 2.11 warns on every call otherwise).
+    """
+    with torch.sparse.check_sparse_tensor_invariants(enable=False):
+        S = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel(), dtype=x.dtype, device=x.device),
+                                    (n_rows, x.shape[0]), check_invariants=False)
+        return torch.sparse.mm(S, x)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register_compressor
-from .blocks import fp32_blocks
+from .blocks import fp32_blocks, one_hot_sums
 from .dpc import dpc_knn, jitter_draws, pad_jitter
 from .holitom import _rank_mask, check_features, check_ratio
 
@@ -311,15 +311,12 @@ def _merge_context(features, seg, salient, context, cfi, beta):
         best = sim.argmax(-1)  # [f, N, Q], first maximum
         target = torch.gather(tb.view(-1, 1, Q, Cmax).expand(-1, N, -1, -1), 3, best.unsqueeze(-1)).squeeze(-1)
         ok = (target >= 0) & may[t0 + fr]
-        # sums as one sparse (one-hot) product: no gathered copy of the merge rows, and faster
-        # than index_add_ on CPU
+        # sums as one sparse (one-hot) product (`one_hot_sums`)
         fi, ni, _ = ok.nonzero(as_tuple=True)
         dst = target[ok]
         src = fr[fi] * N + ni
         c0, c1 = int(tb[tb >= 0].min()), int(tb.max()) + 1  # the block's segments' context tokens
-        assign = torch.sparse_coo_tensor(torch.stack([dst - c0, src]), torch.ones(dst.numel(), device=dev),
-                                         (c1 - c0, (t1 - t0) * N), check_invariants=False)
-        acc[c0:c1] += torch.sparse.mm(assign, x.reshape(-1, D))
+        acc[c0:c1] += one_hot_sums(dst - c0, src, c1 - c0, x.reshape(-1, D))
         cnt += torch.bincount(dst, minlength=Kc)
     cnt = cnt.float().unsqueeze(1)
     w = (1.0 / (cnt + 1)).clamp(min=beta)

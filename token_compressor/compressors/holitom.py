@@ -35,7 +35,7 @@ import math
 import torch
 
 from ..registry import register_compressor
-from .blocks import fp32_blocks
+from .blocks import fp32_blocks, one_hot_sums
 from .dpc import dpc_knn, jitter_draws, pad_jitter
 
 POSITIONS = ("linspace", "centres")
@@ -305,10 +305,7 @@ def holitom(
                 continue
             r_in = rows_[inside]
             r0, r1 = int(r_in.min()), int(r_in.max()) + 1  # the windows overlapping the block
-            part = torch.sparse_coo_tensor(torch.stack([r_in - r0, cols[inside] - t0 * N]),
-                                           torch.ones(r_in.numel(), device=dev),
-                                           (r1 - r0, (t1 - t0) * N), check_invariants=False)
-            pts[r0:r1] += torch.sparse.mm(part, x.reshape(-1, D))
+            pts[r0:r1] += one_hot_sums(r_in - r0, cols[inside] - t0 * N, r1 - r0, x.reshape(-1, D))
         pts = pts.view(B, M, D) / Lw.view(B, 1, 1).float()
         n_c = torch.tensor([clusters[w] for w in todo], device=dev)
         noise = pad_jitter([draws[i] for i in st_draw], M, dev) if jitter > 0 else None
