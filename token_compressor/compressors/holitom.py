@@ -35,7 +35,7 @@ import math
 import torch
 
 from ..registry import register_compressor
-from .blocks import fp32_blocks, one_hot_sums
+from .blocks import BLOCK_BYTES, fp32_blocks, one_hot_sums
 from .dpc import dpc_knn, jitter_draws, pad_jitter
 
 POSITIONS = ("linspace", "centres")
@@ -62,16 +62,23 @@ def norms_and_next_cosine(features: torch.Tensor):
     """Row norms fp32 `[T, N]` and `cos` fp32 `[T-1, N]`, the cosine similarity of token i of
     frame t to token i of frame t+1, from `[T, N, D]` features of any dtype (in fp32).
 
-    One batched dot product and the norms (the authors normalise, then take the cosine: the same
+    One row-wise dot product and the norms (the authors normalise, then take the cosine: the same
     value to ~1e-7, without two normalised copies of the video). Zero rows: similarity 0.
     """
     T, N, D = features.shape
     norms = torch.empty(T, N, device=features.device)
     dots = torch.empty(max(T - 1, 0), N, device=features.device)
+    # row-wise dots as products into one reused buffer of a few frames, then sums: half the time
+    # of a batched [1, D] x [D, 1] product on CPU, no fresh pages per block, and no whole-video
+    # temporary for fp32 input (which comes as one block)
+    step = max(1, BLOCK_BYTES // (4 * N * D))
+    prod = torch.empty(min(step, max(T - 1, 0)), N, D, device=features.device)
     for t0, t1, x in fp32_blocks(features, overlap=1):
         norms[t0:t1] = torch.linalg.vector_norm(x, dim=-1)
-        if t1 - t0 > 1:
-            dots[t0:t1 - 1] = torch.bmm(x[:-1].reshape(-1, 1, D), x[1:].reshape(-1, D, 1)).view(t1 - t0 - 1, N)
+        for a in range(0, t1 - t0 - 1, step):
+            b = min(a + step, t1 - t0 - 1)
+            p = torch.mul(x[a:b], x[a + 1:b + 1], out=prod[: b - a])
+            dots[t0 + a:t0 + b] = p.sum(-1)
     n = norms.clamp_min(1e-12)
     return norms, dots / (n[:-1] * n[1:])
 
@@ -156,13 +163,18 @@ def _cluster_merge(pts, valid, n_centres, k, noise, beta):
     is_centre, dist = dpc_knn(pts, valid, n_centres, k, noise)
     to_centre = dist.masked_fill(~is_centre.unsqueeze(1), float("inf")).argmin(-1)  # [B, M]
     member = valid & ~is_centre
-    flat = (torch.arange(B, device=pts.device).unsqueeze(1) * M + to_centre)[member]
-    acc = pts.new_zeros(B * M, D).index_add_(0, flat, pts[member])
-    cnt = torch.bincount(flat, minlength=B * M).float().view(B, M, 1)
     bi, mi = is_centre.nonzero(as_tuple=True)
-    c_cnt, c_pts = cnt[bi, mi], pts[bi, mi]
-    mean = acc.view(B, M, D)[bi, mi] / c_cnt.clamp(min=1)
-    return bi, mi, torch.where(c_cnt > 0, beta * c_pts + (1 - beta) * mean, c_pts)
+    merged = pts[bi, mi]  # a copy: centres without members stay as they are
+    if bool(member.any()):
+        flat = (torch.arange(B, device=pts.device).unsqueeze(1) * M + to_centre)[member]
+        acc = pts.new_zeros(B * M, D).index_add_(0, flat, pts[member])
+        cnt = torch.bincount(flat, minlength=B * M)[bi * M + mi]  # [C]
+        # only the centres with members are computed (where every point is a centre, as on
+        # static videos at adj = 1, none is): the same elementwise values as over all of them
+        has = (cnt > 0).nonzero().flatten()
+        mean = acc[(bi * M + mi)[has]] / cnt[has].float().unsqueeze(1)
+        merged[has] = beta * merged[has] + (1 - beta) * mean
+    return bi, mi, merged
 
 
 def _pack(valid: torch.Tensor):
