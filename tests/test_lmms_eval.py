@@ -59,6 +59,16 @@ def runs(tmp_path_factory):
             # a merging compressor, with one of its authors' variables, through stock lmms-eval
             "visionzip": (H.lmms_eval_command("qwen3_vl", ck["qwen3_vl"], task, root / "out_visionzip"),
                           {"COMPRESSOR": "visionzip", "R_RATIO": "0.5", "visionzip_k_neighbors": "3"}),
+            # the other three of the authors' baselines, each on another family and path, two of them
+            # with our quirk corrections switched on by their variables
+            "dycoke": (H.lmms_eval_command("qwen3_vl", ck["qwen3_vl"], task, root / "out_dycoke"),
+                       {"COMPRESSOR": "dycoke", "R_RATIO": "0.5"}),
+            "fastvid": (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_fastvid"),
+                        {"COMPRESSOR": "fastvid", "R_RATIO": "0.5", "fastvid_DySeg_c": "4",
+                         "TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET": "1"}),
+            "holitom": (H.lmms_eval_command("qwen2_vl", ck["qwen2_vl"], task, root / "out_holitom"),
+                        {"COMPRESSOR": "holitom", "R_RATIO": "0.5", "HOLITOM_T": "0.7",
+                         "TOKEN_COMPRESSOR_HOLITOM_POSITIONS": "centres"}),
             "invalid_method_variable": (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_invalid_dycoke"),
                                         {"COMPRESSOR": "dycoke", "DYCOKE_K": "2"}),
         }
@@ -72,7 +82,7 @@ def runs(tmp_path_factory):
         broken_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hide), broken_env.get("PYTHONPATH")) if p)
         jobs["lmms_eval_broken"] = (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_broken"),
                                     broken_env)
-        done = H.run_many(jobs, root, timeout=900)  # 10 runs, 3 at a time
+        done = H.run_many(jobs, root, timeout=900)  # 13 runs, 3 at a time
         planner_requests = len(server.planner_requests())
     return {"root": root, "done": done, "planner_requests": planner_requests}
 
@@ -142,11 +152,29 @@ def test_stock_lmms_eval_runs_a_merging_compressor(runs):
     finished(runs, "visionzip")
     rep = H.read_report(runs["root"] / "out_visionzip")
     assert rep["compressor"] == "visionzip" and rep["ratio"] == 0.5 and rep["compressed_samples"] == 2
+    assert rep["options"] == {"k_neighbors": 3}
     before, after = rep["visual_tokens_before"], rep["visual_tokens_after"]
     assert before == BEFORE["qwen3_vl"]
     # every frame keeps exactly max(1, int(0.5 N)) tokens
     assert 0.4 * before <= after <= 0.5 * before
     assert "tiny_video_qa" in H.results_of(runs["root"] / "out_visionzip")["results"]
+
+
+@pytest.mark.parametrize("method, family", [("dycoke", "qwen3_vl"), ("fastvid", "qwen2_5_vl"), ("holitom", "qwen2_vl")])
+def test_stock_lmms_eval_runs_the_other_baselines(runs, method, family):
+    finished(runs, method)
+    rep = H.read_report(runs["root"] / f"out_{method}")
+    assert rep["compressor"] == method and rep["ratio"] == 0.5 and rep["compressed_samples"] == 2
+    assert rep["model_types"] == [family]
+    before, after = rep["visual_tokens_before"], rep["visual_tokens_after"]
+    assert before == BEFORE[family] and 0 < after < before
+    # the variables reached the compressor's options, and the report says so
+    expected = {"dycoke": {}, "fastvid": {"dyseg_c": 4, "fill_budget": True},
+                "holitom": {"t": 0.7, "positions": "centres"}}[method]
+    assert rep["options"] == expected
+    if method == "fastvid":  # fill_budget: exactly int(N r) per frame
+        assert after == before // 2
+    assert "tiny_video_qa" in H.results_of(runs["root"] / f"out_{method}")["results"]
 
 
 def test_invalid_method_variable_stops_the_run_before_the_first_sample(runs):

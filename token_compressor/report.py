@@ -152,14 +152,16 @@ class Recorder:
 
     # -- summaries ----------------------------------------------------------------------------
     def summary(self, *, compressor: Optional[str], ratio: Optional[float], rank: int = 0,
-                screening: Optional[dict] = None) -> dict:
-        """This process's figures as a JSON-able dict (the shape `merge` takes)."""
+                screening: Optional[dict] = None, options: Optional[dict] = None) -> dict:
+        """This process's figures as a JSON-able dict (the shape `merge` takes); `options`: the
+        compressor's keyword options from its variables (what a rerun needs besides the ratio)."""
         with self._lock:
             total = (self.last_end - self.first_start) if self.calls else 0.0
             return {
                 "rank": rank,
                 "compressor": compressor,
                 "ratio": ratio,
+                "options": dict(options or {}),
                 "samples": self.samples,
                 "generate_calls": self.calls,
                 "compressed_samples": self.compressed_samples,
@@ -200,6 +202,7 @@ def merge(summaries: Sequence[dict]) -> dict:
     merged = {
         "compressor": first.get("compressor"),
         "ratio": first.get("ratio"),
+        "options": dict(first.get("options") or {}),
         "eval_path": "+".join(sorted(paths)) if paths else None,
         "model_types": sorted(_sum_dicts([s.get("model_types") for s in summaries])),
         "samples": sum(s["samples"] for s in summaries),
@@ -247,6 +250,7 @@ def format_table(report: dict) -> str:
     rows = [
         ("compressor", str(report["compressor"] or "off")),
         ("ratio (asked)", _fmt(report["ratio"], "g") if report["compressor"] else "-"),
+        ("options", ", ".join(f"{k}={v}" for k, v in sorted((report.get("options") or {}).items())) or "defaults"),
         ("eval path", str(report["eval_path"] or "-")),
         ("model types", ", ".join(report["model_types"]) or "-"),
         ("samples", str(report["samples"])),

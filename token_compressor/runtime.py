@@ -189,7 +189,8 @@ def finalize(argv=None, out=None) -> Optional[dict]:
         screening = {**screening_stats(), "screener": screening_cfg.screener}
     summary = report.RECORDER.summary(compressor=cfg.compressor if cfg else None,
                                       ratio=cfg.ratio if cfg and cfg.enabled else None,
-                                      rank=_rank(), screening=screening)
+                                      rank=_rank(), screening=screening,
+                                      options=dict(cfg.options) if cfg and cfg.enabled else None)
     try:
         gathered = report.gather_to_rank0(summary)
     except Exception as e:  # noqa: BLE001 - a broken process group must not hide this rank's figures
