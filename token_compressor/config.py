@@ -156,9 +156,9 @@ def _switch_option():
     def parse(value, source: str) -> bool:
         if isinstance(value, bool):
             return value
-        if str(value).strip().lower() in _TRUE + _FALSE:
-            return parse_switch(value, source, False)
-        raise ConfigError(f"{source}={value!r} is not a switch; expected {expected}")
+        if str(value).strip() == "":  # parse_switch would read it as "unset"; an option is set
+            raise ConfigError(f"{source}={value!r} is not a switch; expected {expected}")
+        return parse_switch(value, source, False)
     parse.expected = expected
     return parse
 

@@ -141,18 +141,21 @@ def run(T: int = 32, N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: 
 
     rows = []
     for m, dtype, n, ours, exact in cells:
-        t_ours, t_ref = times[(m.name, dtype, n, "ours")], times[(m.name, dtype, n, "straightforward")]
         rows.append({
             "method": m.name, "dtype": str(dtype).replace("torch.", ""), "threads": n,
             "T": T, "N": N, "D": D, "ratio": ratio, "rounds": repeats,
-            "ours_best_ms": round(min(t_ours), 2), "ours_median_ms": round(median(t_ours), 2),
-            "straightforward_best_ms": round(min(t_ref), 2),
-            "straightforward_median_ms": round(median(t_ref), 2),
-            "speedup_best": round(min(t_ref) / min(t_ours), 2),
-            "speedup_median": round(median(t_ref) / median(t_ours), 2),
+            **_speed(times[(m.name, dtype, n, "ours")], times[(m.name, dtype, n, "straightforward")]),
             "kept": ours.num_kept, "exact": exact,
         })
     return rows
+
+
+def _speed(t_ours: List[float], t_ref: List[float]) -> dict:
+    """Best and median of each side's rounds (ms) and the speed-ups best over best, median over median."""
+    return {"ours_best_ms": round(min(t_ours), 2), "ours_median_ms": round(median(t_ours), 2),
+            "straightforward_best_ms": round(min(t_ref), 2), "straightforward_median_ms": round(median(t_ref), 2),
+            "speedup_best": round(min(t_ref) / min(t_ours), 2),
+            "speedup_median": round(median(t_ref) / median(t_ours), 2)}
 
 
 def load() -> str:
@@ -245,14 +248,8 @@ def run_baselines(T: int = 32, N: int = 256, D: int = 3584, ratio: float = 0.25,
     times = interleaved_times(fns, repeats=repeats)
     rows = []
     for method, n, ours, agrees in cells:
-        t_ours, t_ref = times[(method, n, "ours")], times[(method, n, "straightforward")]
         rows.append({"method": method, "dtype": "bfloat16", "threads": n, "T": T, "N": N, "D": D, "ratio": ratio,
-                     "rounds": repeats,
-                     "ours_best_ms": round(min(t_ours), 2), "ours_median_ms": round(median(t_ours), 2),
-                     "straightforward_best_ms": round(min(t_ref), 2),
-                     "straightforward_median_ms": round(median(t_ref), 2),
-                     "speedup_best": round(min(t_ref) / min(t_ours), 2),
-                     "speedup_median": round(median(t_ref) / median(t_ours), 2),
+                     "rounds": repeats, **_speed(times[(method, n, "ours")], times[(method, n, "straightforward")]),
                      "kept": ours.num_kept, "agrees": agrees})
     return rows
 
