@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from .config import ConfigError, check_method_options, from_env, parse_compressor, parse_ratio
+from .config import ConfigError, check_method_options, from_env, parse_compressor, parse_flag, parse_ratio
 from .models import FAMILIES, check_transformers_version, family_for
 from .models import patching
 from .models.pruning import Settings
@@ -16,6 +16,7 @@ def _settings(method, ratio, compress_images: bool, options: dict) -> Settings:
     """Explicit arguments win; what is not given comes from the environment configuration. The
     method's own variables (`DYCOKE_K`, `HOLITOM_T`, ...) apply when the method itself comes
     from the environment (`COMPRESSOR`); explicit options override them."""
+    compress_images = parse_flag(compress_images, "compress_images")
     env = None
     if method is None or ratio is None:
         env = from_env()
@@ -36,7 +37,7 @@ def _settings(method, ratio, compress_images: bool, options: dict) -> Settings:
     if name is None:
         logger.warning("token_compressor: no method given and COMPRESSOR is unset: the model is patched but "
                        "compression is off (pass method=..., or set COMPRESSOR)")
-    return Settings(method=name, ratio=r, compress_images=bool(compress_images), options=tuple(sorted(options.items())))
+    return Settings(method=name, ratio=r, compress_images=compress_images, options=tuple(sorted(options.items())))
 
 
 def _check_model(model, family) -> None:

@@ -19,6 +19,7 @@ it is read here only to decide whether the Triton backend may score CPU tensors.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -112,6 +113,14 @@ def parse_switch(value, source: str, default: bool) -> bool:
     raise ConfigError(f"{source}={value!r} is not a switch; expected one of: {', '.join(_TRUE + _FALSE)}")
 
 
+def parse_flag(value, source: str) -> bool:
+    """A Python keyword that is a yes/no choice: `True` or `False` only. A string is an error, not
+    its truthiness (`compress_images="no"` would otherwise mean yes)."""
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{source}={value!r} is a {type(value).__name__}; expected True or False")
+
+
 def report_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
     """Whether lmms-eval runs and the launcher measure and print the run report
     (`TOKEN_COMPRESSOR_REPORT`, default on)."""
@@ -130,7 +139,7 @@ def _number_in(lo: float, hi: float, lo_open: bool = False):
     expected = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
 
     def parse(value, source: str) -> float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
             raise ConfigError(f"{source}={value!r} is not a number; expected {expected}")
         return _parse_number(value, source, float, "a number", expected,
                              lambda x: math.isfinite(x) and (lo < x if lo_open else lo <= x) and x <= hi)
@@ -138,14 +147,21 @@ def _number_in(lo: float, hi: float, lo_open: bool = False):
     return parse
 
 
+# The largest integer option: compressors use their integer options in int64 tensor arithmetic
+# (fastvid_DTM_p=1e23 raised OverflowError in every selection), and no video has 2**31 frames or
+# tokens per frame, so every larger value would act as this one.
+MAX_INTEGER_OPTION = 2**31 - 1
+
+
 def _integer_at_least(lo: int, also=()):
     extra = "".join(f" or {a}" for a in also)
-    expected = f"an integer >= {lo}{extra}"
+    expected = f"an integer in [{lo}, {MAX_INTEGER_OPTION}]{extra}"
 
     def parse(value, source: str) -> int:
-        if isinstance(value, bool) or isinstance(value, float):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str)):
             raise ConfigError(f"{source}={value!r} is not an integer; expected {expected}")
-        return _parse_number(value, source, int, "an integer", expected, lambda n: n >= lo or n in also)
+        return _parse_number(value, source, int, "an integer", expected,
+                             lambda n: lo <= n <= MAX_INTEGER_OPTION or n in also)
     parse.expected = expected
     return parse
 
@@ -283,7 +299,7 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:
 # | `EMC_CAPTION_MODEL` | the caption model name                          | `EMC_MODEL` |
 # | `EMC_CAPTION_BASE_URL` | an http(s) URL for the caption model         | the planner's base URL |
 # | `EMC_CACHE_DIR`     | a directory (created when needed)               | `~/.cache/token_compressor/emc` |
-# | `EMC_TIMEOUT_S`     | a number of seconds > 0                         | `60`    |
+# | `EMC_TIMEOUT_S`     | seconds in [0.001, 86400]: one deadline per request (connect, headers, body) | `60`    |
 # | `EMC_MAX_RETRIES`   | an integer in [0, 10]                           | `2`     |
 # | `OPENAI_API_KEY`    | the API key, sent as a bearer token, never logged | unset (no header) |
 # | `EMC_API_KEY`       | the planner endpoint's key (wins over `OPENAI_API_KEY`) | `OPENAI_API_KEY` |
@@ -323,12 +339,25 @@ def parse_base_url(value: str, source: str = "EMC_BASE_URL") -> str:
     return url.rstrip("/")
 
 
+# A request deadline is a timer and a socket timeout: both overflow the C time types far below
+# float's range (EMC_TIMEOUT_S=1e10 made every request fail), and a day is longer than any
+# planner reply is worth waiting for. Below a millisecond no request can complete.
+MIN_TIMEOUT_S = 0.001
+MAX_TIMEOUT_S = 86400.0
+
+
 def parse_timeout(value, source: str = "EMC_TIMEOUT_S") -> float:
-    return _parse_number(value, source, float, "a number", "a number of seconds > 0",
-                         lambda s: math.isfinite(s) and s > 0)
+    if isinstance(value, bool):
+        raise ConfigError(f"{source}={value!r} is not a number; expected a number of seconds in "
+                          f"[{MIN_TIMEOUT_S:g}, {MAX_TIMEOUT_S:g}]")
+    return _parse_number(value, source, float, "a number",
+                         f"a number of seconds in [{MIN_TIMEOUT_S:g}, {MAX_TIMEOUT_S:g}]",
+                         lambda s: math.isfinite(s) and MIN_TIMEOUT_S <= s <= MAX_TIMEOUT_S)
 
 
 def parse_max_retries(value, source: str = "EMC_MAX_RETRIES") -> int:
+    if isinstance(value, (bool, float)):
+        raise ConfigError(f"{source}={value!r} is not an integer; expected an integer in [0, 10]")
     return _parse_number(value, source, int, "an integer", "an integer in [0, 10]", lambda n: 0 <= n <= 10)
 
 

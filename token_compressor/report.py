@@ -105,6 +105,7 @@ class Recorder:
             self.after = 0
             self.compressed_samples = 0
             self.skipped_samples = 0
+            self.uncompressed_items = 0
             self.llm_time_s = 0.0
             self.first_start: Optional[float] = None
             self.last_end: Optional[float] = None
@@ -123,9 +124,10 @@ class Recorder:
         return _Call(time.perf_counter(), cuda)
 
     def end(self, call: _Call, *, model, path: str, samples: int, before: int, after: int,
-            method: Optional[str], skipped: bool = False) -> None:
+            method: Optional[str], skipped: bool = False, uncompressed: int = 0) -> None:
         """Count one call; `skipped`: compression was asked for but impossible for this call
-        (e.g. `inputs_embeds` only), which then ran uncompressed."""
+        (e.g. `inputs_embeds` only), which then ran uncompressed; `uncompressed`: visual items of
+        a compressed call that ran whole (non-finite features)."""
         peak = None
         if call.device is not None:
             torch.cuda.synchronize(call.device)
@@ -142,6 +144,7 @@ class Recorder:
                 self.methods[method] = self.methods.get(method, 0) + samples
             if skipped:
                 self.skipped_samples += samples
+            self.uncompressed_items += uncompressed
             self.llm_time_s += stop - call.start
             self.first_start = call.start if self.first_start is None else min(self.first_start, call.start)
             self.last_end = stop if self.last_end is None else max(self.last_end, stop)
@@ -166,6 +169,7 @@ class Recorder:
                 "generate_calls": self.calls,
                 "compressed_samples": self.compressed_samples,
                 "skipped_samples": self.skipped_samples,
+                "uncompressed_items": self.uncompressed_items,
                 "visual_tokens_before": self.before,
                 "visual_tokens_after": self.after,
                 "LLM_time_s": self.llm_time_s,
@@ -209,6 +213,7 @@ def merge(summaries: Sequence[dict]) -> dict:
         "generate_calls": sum(s["generate_calls"] for s in summaries),
         "compressed_samples": sum(s["compressed_samples"] for s in summaries),
         "skipped_samples": sum(s.get("skipped_samples", 0) for s in summaries),
+        "uncompressed_items": sum(s.get("uncompressed_items", 0) for s in summaries),
         "visual_tokens_before": before,
         "visual_tokens_after": after,
         "achieved_ratio": (after / before) if before else None,
@@ -263,6 +268,8 @@ def format_table(report: dict) -> str:
         ("Peak_mem_MB", _fmt(report["Peak_mem_MB"], ".1f")),
         ("ranks", str(report["world_size"])),
     ]
+    if report.get("uncompressed_items"):
+        rows.insert(6, ("non-finite videos (ran whole)", str(report["uncompressed_items"])))
     if report.get("skipped_samples"):
         rows.insert(6, ("not compressible (ran as is)", str(report["skipped_samples"])))
     scr = report.get("screening")

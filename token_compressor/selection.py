@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from .config import ConfigError, parse_ratio
+from .kernels.ranges import normalising_exponent, times_power_of_two
 from .kernels.threads import selection_threads
 from .registry import get_compressor
 
@@ -69,6 +70,11 @@ class Selection:
 
 def validate_features(features, num_frames) -> tuple:
     """Check one video's features `[T*N, D]` and return `(T, N, D)`; raise ValueError otherwise."""
+    return _validate(features, num_frames)[:3]
+
+
+def _validate(features, num_frames) -> tuple:
+    """`(T, N, D, max |features|)` of a valid video (see `validate_features`)."""
     if not isinstance(features, torch.Tensor):
         raise ValueError(f"features must be a torch.Tensor of shape [T*N, D], got {type(features).__name__}")
     if features.dim() != 2:
@@ -98,7 +104,7 @@ def validate_features(features, num_frames) -> tuple:
     if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
         bad = int((~torch.isfinite(features)).sum())
         raise ValueError(f"features contain {bad} non-finite value(s) (NaN or inf)")
-    return num_frames, rows // num_frames, dim
+    return num_frames, rows // num_frames, dim, max(abs(float(lo)), abs(float(hi)))
 
 
 def select(features: torch.Tensor, num_frames: int, ratio: float, method: str = "vidcom2", **options) -> Selection:
@@ -117,7 +123,7 @@ def select(features: torch.Tensor, num_frames: int, ratio: float, method: str = 
         ValueError: bad shape, empty or non-finite features, ratio outside (0, 1], unknown method,
             or a compressor output that breaks the contract (named in the message).
     """
-    T, N, D = validate_features(features, num_frames)
+    T, N, D, amax = _validate(features, num_frames)
     try:
         r = parse_ratio(ratio, "ratio")
     except ConfigError as e:
@@ -126,8 +132,13 @@ def select(features: torch.Tensor, num_frames: int, ratio: float, method: str = 
     name = str(method).strip().lower()
     # a selection is a discrete choice: no gradient flows through it; on CPU it runs on one
     # thread (kernels/threads.py: measured faster at every thread count)
+    # decisions relative to scale: a video of extreme magnitude is brought into the range where
+    # every compressor's arithmetic is exact up to scale (kernels/ranges.py), by a power of two
+    exponent = normalising_exponent(amax)
     with torch.no_grad(), selection_threads(features.device):
-        out = fn(features.detach().reshape(T, N, D), r, **options)
+        out = fn(times_power_of_two(features.detach(), -exponent).reshape(T, N, D), r, **options)
+        if exponent and isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], torch.Tensor):
+            out = (out[0], times_power_of_two(out[1], exponent))  # merged rows back at the input's scale
     mask, merged = _check_output(out, name, features, T, N, D)
     return Selection(
         keep=mask.reshape(-1).nonzero().squeeze(1),

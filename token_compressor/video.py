@@ -35,10 +35,10 @@ def uniform_indices(total: int, count: int) -> np.ndarray:
 
 
 def check_video_path(path: str) -> None:
-    if not os.path.exists(path):
-        raise VideoError(f"no such video file: {path}")
-    if os.path.isdir(path):
-        raise VideoError(f"{path} is a folder, expected a video file")
+    """A VideoError unless `path` is a regular file (a FIFO or a device would block the reader)."""
+    from .files import check_regular_file
+
+    check_regular_file(path, "video file", VideoError)
 
 
 def read_frames(

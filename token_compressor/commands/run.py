@@ -185,6 +185,9 @@ def run(args) -> int:
         raise command_error(str(e)) from None
     if not args.question.strip():
         raise command_error("--question is empty")
+    from ..models.loading import resolve_device
+
+    resolve_device(args.device)  # a device that cannot work fails here, before the model is loaded
     from ..video import check_video_path
     from ..screening.video import probe
 

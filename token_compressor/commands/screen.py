@@ -28,14 +28,24 @@ def run_screen(args) -> int:
 
 # --- emc-eval -----------------------------------------------------------------------------------
 
+# A split or results file: thousands of items, each nesting 4 deep ([{"gt_timestamp": [[s, e]]}]).
+MAX_EVAL_CHARS = 256 << 20
+MAX_EVAL_DEPTH = 32
+
+
 def _load(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{path}: not JSON ({e})") from None
+    from ..bounded_json import JSONLimitError, loads_bounded
+    from ..files import check_regular_file, open_regular
+
+    check_regular_file(path, "JSON file", FileNotFoundError if not os.path.lexists(path) else ValueError)
+    with open_regular(path, "r", encoding="utf-8", what="JSON file") as f:
+        text = f.read(MAX_EVAL_CHARS + 1)
+    try:
+        return loads_bounded(text, MAX_EVAL_DEPTH, MAX_EVAL_CHARS, path)
+    except JSONLimitError:
+        raise
+    except ValueError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
 
 
 def _items(split) -> List[tuple]:
@@ -101,6 +111,38 @@ def _name(key: str, item) -> str:
     return f"item {key}" + (f" ({iid})" if iid and iid != key else "")
 
 
+def _duration(item: dict, name: str) -> Optional[float]:
+    """The item's `vid_duration` (or `duration`) in seconds, None when absent; a ValueError naming
+    the item when it is not a finite number of seconds > 0."""
+    import math
+
+    key = "vid_duration" if "vid_duration" in item else "duration"
+    value = item.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"split {name}: {key} is {json.dumps(value)[:40]}; expected a number of seconds > 0")
+    return seconds
+
+
+def _check_ground_truth(gt: List[tuple], duration: Optional[float], name: str) -> None:
+    """Ground truth is scored as given: a reversed pair, a pair outside [0, duration] or one that
+    covers no time is an error naming the item, never clipped or dropped (a reversed pair used to
+    become nothing, and nothing is recalled perfectly)."""
+    for s, e in gt:
+        if s > e:
+            raise ValueError(f"split {name}: gt_timestamp [{s:g}, {e:g}] is reversed (start after end)")
+        if s < 0 or (duration is not None and e > duration):
+            raise ValueError(f"split {name}: gt_timestamp [{s:g}, {e:g}] lies outside the video "
+                             f"(0 to {'?' if duration is None else format(duration, 'g')} s)")
+    if not any(e > s for s, e in gt):
+        raise ValueError(f"split {name}: gt_timestamp {[list(p) for p in gt]} covers no time")
+
+
 def evaluate(split, results) -> dict:
     """Per-item and mean scores of EMC results against `gt_timestamp`: true multi-interval IoU,
     kept-time precision/recall/F1 and the kept ratio. A missing result, or one whose status is not
@@ -113,14 +155,10 @@ def evaluate(split, results) -> dict:
     for (key, item), res in zip(split_items, matched):
         if not isinstance(item, dict) or "gt_timestamp" not in item:
             raise ValueError(f"split item {key} has no gt_timestamp")
-        gt_raw = _intervals(item["gt_timestamp"], f"split {_name(key, item)}: gt_timestamp")
-        duration = item.get("vid_duration", item.get("duration"))
-        if duration not in (None, "") and not _seconds(duration):
-            try:
-                duration = float(duration)
-            except (TypeError, ValueError):
-                raise ValueError(f"split {_name(key, item)}: vid_duration is {duration!r}; expected seconds") from None
-        duration = float(duration) if duration not in (None, "") else None
+        name = _name(key, item)
+        gt_raw = _intervals(item["gt_timestamp"], f"split {name}: gt_timestamp")
+        duration = _duration(item, name)
+        _check_ground_truth(gt_raw, duration, name)
         gt = merge_intervals(gt_raw)
         if res is None:
             missing += 1

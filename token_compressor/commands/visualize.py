@@ -37,6 +37,9 @@ def run(args) -> int:
         check_positive_int(args.max_pixels, "--max-pixels", minimum=28 * 28)
     check_output(args.output)
     require("PIL", "av")
+    from ..video import check_video_path
+
+    check_video_path(args.video)  # before any model is loaded; a FIFO or a device is refused, not read
     features = args.features or ("model" if args.model else "pixels")
     options = {}
     if features == "model":

@@ -36,6 +36,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..config import check_method_options
 from ..registry import register_compressor
 from .blocks import fp32_blocks, one_hot_sums
 from .dpc import dpc_knn, jitter_draws, pad_jitter
@@ -177,6 +178,7 @@ def fastvid(
         context rows merged.
     """
     check_features(features, "fastvid")
+    check_method_options("fastvid", {"dyseg_c": dyseg_c, "dtm_p": dtm_p})  # the ranges that can work
     r = check_ratio(ratio if retention_ratio is None else retention_ratio,
                     "ratio" if retention_ratio is None else "retention_ratio (fastvid_retention_ratio)")
     if int(dyseg_c) != dyseg_c or dyseg_c < 1:

@@ -34,6 +34,7 @@ import math
 
 import torch
 
+from ..config import check_method_options
 from ..registry import register_compressor
 from .blocks import BLOCK_BYTES, fp32_blocks, one_hot_sums
 from .dpc import dpc_knn, jitter_draws, pad_jitter
@@ -222,6 +223,7 @@ def holitom(
         would be kept (tiny ratios on fully static videos), token 0 of frame 0 is kept as is.
     """
     check_features(features, "holitom")
+    check_method_options("holitom", {"k": k, "max_window_size": max_window_size})  # the ranges that can work
     r = check_ratio(ratio)
     if not (-1.0 <= float(t) <= 1.0):
         raise ValueError(f"holitom: t (HOLITOM_T) must be a cosine similarity in [-1, 1], got {t!r}")

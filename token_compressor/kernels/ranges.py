@@ -29,3 +29,45 @@ def downscale_for_range(x: torch.Tensor) -> float:
         raise ValueError("features contain non-finite values (NaN or inf)")
     _, exponent = math.frexp(amax)  # amax < 2**exponent
     return 2.0 ** min(0, MAX_EXPONENT - exponent)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every compressor, through `select`: a video whose largest magnitude lies outside
+# [2**MIN_EXPONENT, 2**MAX_EXPONENT) is multiplied by a power of two that brings it into [0.5, 1)
+# before the compressor sees it, and merged rows are multiplied back. Inside that range every
+# compressor's fp32 arithmetic neither overflows (squares and their sums, see above) nor
+# underflows (squares of the largest values stay ~2**-34 and above, far over fp32's 2**-126, and
+# row norms far over the scorers' eps), so inputs there are left untouched: the golden cases
+# and every ordinary video run bit for bit as before. Outside it (fp32 x1e19 overflowed DyCoke's,
+# VisionZip's and FastVID's norms; x1e-30 underflowed them; float64 x1e150 overflowed the fp32
+# upcast) the result is exactly the result of the same video at its normalised scale.
+# ---------------------------------------------------------------------------------------------
+
+MIN_EXPONENT = -16
+
+
+def normalising_exponent(amax: float) -> int:
+    """`e` such that `amax * 2**-e` lies in [0.5, 1) when `amax` (the largest |value| of a video,
+    finite, > 0) is outside [2**MIN_EXPONENT, 2**MAX_EXPONENT); 0 (leave it alone) otherwise and
+    for an all-zero video."""
+    if not math.isfinite(amax):
+        raise ValueError("features contain non-finite values (NaN or inf)")
+    if amax == 0.0:
+        return 0
+    _, exponent = math.frexp(amax)  # amax = m * 2**exponent, m in [0.5, 1)
+    return exponent if not (MIN_EXPONENT < exponent <= MAX_EXPONENT) else 0
+
+
+def times_power_of_two(x: torch.Tensor, k: int) -> torch.Tensor:
+    """`x * 2**k` in `x`'s dtype, exact while the results stay normal numbers: applied in steps
+    each of which is a power of two the dtype can hold (float16 holds only 2**-14 .. 2**15; a
+    float64 step of 2**1100 would not exist as a Python float either)."""
+    if k == 0:
+        return x
+    step = math.frexp(torch.finfo(x.dtype).max)[1] - 2  # 2**±step is a normal number of the dtype
+    out = x
+    while k:
+        s = max(-step, min(step, k))
+        out = out * (2.0 ** s)
+        k -= s
+    return out

@@ -6,6 +6,7 @@ import json
 import os
 from typing import Optional, Tuple
 
+from ..files import open_regular
 from ..support import SUPPORTED_MODEL_TYPES
 
 
@@ -35,10 +36,10 @@ def check_model_folder(name: str) -> Optional[str]:
     if not os.path.isdir(path):
         raise ModelLoadError(f"{name} is a file; --model expects a model folder (with config.json) or a hub id")
     config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
+    if not os.path.lexists(config):
         raise ModelLoadError(f"{name} is not a model folder: it has no config.json")
     try:
-        with open(config, encoding="utf-8") as f:
+        with open_regular(config, "r", encoding="utf-8", what="config.json") as f:
             model_type = json.load(f).get("model_type")
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{name}/config.json cannot be read: {e}") from None
@@ -46,18 +47,33 @@ def check_model_folder(name: str) -> Optional[str]:
     return model_type
 
 
+SUPPORTED_DEVICES = "auto, cpu, cuda or cuda:N"
+
+
 def resolve_device(device: str) -> str:
-    """`auto` -> `cuda` when CUDA is usable, else `cpu`; anything else is checked by torch."""
+    """`auto` -> `cuda` when CUDA is usable, else `cpu`; `cpu`, `cuda` and `cuda:N` are checked
+    against this machine. Every other device type (meta holds no weights; mps, xpu and the rest
+    are untested with the patched models) is refused here, before any model is loaded."""
     import torch
 
+    if not isinstance(device, str):
+        raise ModelLoadError(f"--device {device!r} is not a device; expected {SUPPORTED_DEVICES}")
+    device = device.strip()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(device)
-    except RuntimeError:
-        raise ModelLoadError(f"--device {device!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"--device {device}: CUDA is not available on this machine")
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"--device {device!r} is not a device; expected {SUPPORTED_DEVICES}") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"--device {device!r} is not supported; expected {SUPPORTED_DEVICES}")
+    if parsed.type == "cpu" and parsed.index not in (None, 0):
+        raise ModelLoadError(f"--device {device!r} is not a device; expected {SUPPORTED_DEVICES}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"--device {device}: CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

@@ -120,8 +120,19 @@ def _compress(model, family, settings: Settings, kwargs, **how):
     return compress_prefill(model, family, settings, kwargs, **how)
 
 
+class _LastStats:
+    """`last_stats` of one model. A copy of the model (pickle, `torch.save`, `copy.deepcopy`)
+    starts with none: the numbers describe a call the copy never made."""
+
+    def __init__(self, stats: Optional[PrefillStats] = None):
+        self.stats = stats
+
+    def __reduce__(self):
+        return _LastStats, ()
+
+
 def _record(model, stats: PrefillStats) -> None:
-    model.__dict__[ATTR_STATS] = stats
+    model.__dict__[ATTR_STATS] = _LastStats(stats)
     if stats.skipped:
         logger.warning("token_compressor: %s not applied to this call (%s); it runs exactly as unpatched",
                        stats.method, stats.skipped)
@@ -289,7 +300,8 @@ def make_generate(original, family):
                               report.visual_token_count(self, ids, settings_of(self).compress_images))
             method = None
         report.RECORDER.end(call, model=self, path=path, samples=samples, before=before, after=after, method=method,
-                            skipped=stats is not None and bool(stats.skipped))
+                            skipped=stats is not None and bool(stats.skipped),
+                            uncompressed=len(stats.uncompressed) if stats is not None and not continued else 0)
         return out
 
     setattr(generate, ATTR_WRAPPED, original)
@@ -323,12 +335,42 @@ def is_class_patched(cls) -> bool:
     return cls in _CLASS_OWN
 
 
+class _InstanceMethod:
+    """`forward` / `generate` of an instance-patched model: the wrapper bound to the model.
+
+    A bound method of the wrapper (a local function) cannot travel with the model: `pickle` and
+    `torch.save` store a bound method as "look the name up again", which found the class's
+    unpatched method, so a loaded model silently stopped compressing while `apply` took it for
+    patched. This object is rebuilt around the copy instead (`__reduce__`), so a pickled,
+    `torch.save`d or `copy.deepcopy`d model keeps compressing with the settings it was saved with.
+    `__wrapped__` lets `inspect.signature` (which `generate` consults) see the original signature.
+    """
+
+    def __init__(self, model, name: str, family_name: str):
+        from . import FAMILIES
+
+        make = {"forward": make_forward, "generate": make_generate}[name]
+        self._model, self._name, self._family = model, name, family_name
+        self.__wrapped__ = make(getattr(type(model), name), FAMILIES[family_name]).__get__(model, type(model))
+
+    def __call__(self, *args, **kwargs):
+        return self.__wrapped__(*args, **kwargs)
+
+    def __reduce__(self):
+        return _InstanceMethod, (self._model, self._name, self._family)
+
+    def bound_to(self, model) -> bool:
+        return self._model is model
+
+
 def patch_instance(model, family, settings: Settings) -> None:
-    """Instance-level patch (once); later calls only change the settings."""
-    cls = type(model)
-    for name, make in (("forward", make_forward), ("generate", make_generate)):
-        if name not in model.__dict__:
-            model.__dict__[name] = make(getattr(cls, name), family).__get__(model, cls)
+    """Instance-level patch (once); later calls only change the settings. A method entry that is
+    not this model's wrapper (a model loaded by an older pickle, or a shallow copy holding the
+    original's) is replaced."""
+    for name in ("forward", "generate"):
+        entry = model.__dict__.get(name)
+        if not (isinstance(entry, _InstanceMethod) and entry.bound_to(model)):
+            model.__dict__[name] = _InstanceMethod(model, name, family.name)
     model.__dict__[ATTR_SETTINGS] = settings
     model.__dict__[ATTR_FAMILY] = family.name
 
@@ -339,5 +381,6 @@ def unpatch_instance(model) -> None:
 
 
 def last_stats(model) -> Optional[dict]:
-    stats = model.__dict__.get(ATTR_STATS)
+    box = model.__dict__.get(ATTR_STATS)
+    stats = box.stats if isinstance(box, _LastStats) else None
     return None if stats is None else stats.as_dict()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -31,6 +32,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..selection import select
+
+logger = logging.getLogger("token_compressor")
 
 IGNORE_INDEX = -100
 
@@ -71,6 +74,9 @@ class PrefillStats:
     encode_ms: float = 0.0
     compress_ms: float = 0.0
     skipped: Optional[str] = None
+    # visual items that ran uncompressed because their features are not finite (NaN or inf from
+    # the vision tower): {"sample": b, "kind": "video", "index": i (the sample's i-th video), "reason"}
+    uncompressed: List[dict] = field(default_factory=list)
 
     @property
     def kept_fraction(self) -> float:
@@ -91,6 +97,7 @@ class PrefillStats:
             "encode_ms": self.encode_ms,
             "compress_ms": self.compress_ms,
             "skipped": self.skipped,
+            "uncompressed": [dict(u) for u in self.uncompressed],
         }
 
 
@@ -253,6 +260,14 @@ def _pad_side(attention_mask: torch.Tensor) -> str:
     return "left"
 
 
+def _non_finite(feat: torch.Tensor) -> int:
+    """How many values of `feat` are NaN or inf (min/max first: the exact count only when needed)."""
+    lo, hi = torch.aminmax(feat.detach())
+    if bool(torch.isfinite(lo) & torch.isfinite(hi)):
+        return 0
+    return int((~torch.isfinite(feat.detach())).sum())
+
+
 def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], *, for_generate: bool,
                      encoder_kwargs: Optional[Dict[str, Any]] = None, attention_mask: Optional[torch.Tensor] = None):
     """Build compressed prefill inputs for a Qwen-VL `*ForConditionalGeneration` call.
@@ -317,6 +332,23 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
             if bool((bidx[offset:offset + n] != b).any()):
                 raise ValueError(f"{kind} {item} spans several samples: input_ids and grids disagree")
             T = int(grids[item][0])
+            index = sum(1 for k, _, _ in stats.per_sample[b] if k == kind)  # the sample's index-th <kind>
+            bad = _non_finite(feat)
+            if bad:
+                # one bad video must not fail the batch (the unpatched model answers every row):
+                # it runs whole, as unpatched, and the others are compressed; `select` itself
+                # still refuses non-finite features
+                reason = f"{bad} non-finite feature value(s) (NaN or inf) from the vision tower"
+                logger.warning("token_compressor: sample %d, %s %d: %s; this %s runs uncompressed (the batch's "
+                               "other visual items are compressed)", b, kind, index, reason, kind)
+                stats.uncompressed.append({"sample": b, "kind": kind, "index": index, "reason": reason})
+                kept_rows.append(torch.arange(n, device=feat.device))
+                merged.append(None)
+                stats.per_sample[b].append((kind, n, n))
+                stats.before += n
+                stats.after += n
+                offset += n
+                continue
             if settings.ratio >= 1.0:
                 # ratio 1.0 means "keep everything" in a model, for every method: the published
                 # algorithms do not all keep everything there (VidCom²'s budget clamp keeps ~83 %,

@@ -33,6 +33,9 @@ import threading
 from contextlib import contextmanager
 from typing import Dict, Optional
 
+from ..bounded_json import loads_bounded
+from ..files import open_regular
+
 try:
     import fcntl
 except ImportError:  # not POSIX: thread locks only
@@ -85,7 +88,7 @@ def file_lock(path: str):
             return
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -128,12 +131,19 @@ def atomic_write_json(path: str, obj) -> None:
         raise
 
 
+# A cache record is a few KiB (a long video's captions: a few hundred KiB) and nests 2 deep.
+MAX_RECORD_CHARS = 16 << 20
+MAX_RECORD_DEPTH = 16
+
+
 def read_json(path: str) -> Optional[object]:
     """The JSON in `path`, or None when it is missing or unreadable (a corrupt cache is a miss;
-    anything but a missing file is also counted with `note_error`)."""
+    anything but a missing file is also counted with `note_error`). A FIFO or a device is
+    unreadable, never waited on; an oversized or deeply nested file is corrupt."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open_regular(path, "r", encoding="utf-8", what="cache record") as f:
+            text = f.read(MAX_RECORD_CHARS + 1)
+        return loads_bounded(text, MAX_RECORD_DEPTH, MAX_RECORD_CHARS, f"cache record {path}")
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:

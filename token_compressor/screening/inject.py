@@ -31,6 +31,7 @@ from .video import probe
 log = logging.getLogger(__name__)
 
 MARK = "token_compressor_screening"  # set on a screened video item: its status
+CLIP_KEYS = ("video_start", "video_end")  # qwen-vl-utils' clip bounds of a video item, in seconds
 _LOCAL = threading.local()
 
 
@@ -85,7 +86,8 @@ def screen_messages(messages, screener=None, *, config: Optional[ScreeningConfig
     least one text item (the last text item is the question; options after it stay). Items already
     screened (marked with `MARK`) are skipped, so templating the same messages twice screens once.
     `screener`/`config` as in `screen()`. Screening never drops the sample: a video the screener
-    cannot read, or kept frames that cannot be decoded, leave the item as it was (a WARNING, and
+    cannot read, kept frames that cannot be decoded, or an item with clip bounds (`video_start` /
+    `video_end`: screening plans over whole videos) leave the item as it was (a WARNING, and
     counted as `failed` in `screening_stats()`)."""
     results = []
     for conversation in _conversations(messages):
@@ -102,6 +104,16 @@ def screen_messages(messages, screener=None, *, config: Optional[ScreeningConfig
             item = content[videos[0]]
             path = _local_path(item["video"])
             if path is None:
+                continue
+            clip = [item.get(k) for k in CLIP_KEYS]
+            if any(v is not None for v in clip):
+                # the screeners plan over whole videos: a plan could keep seconds outside the clip
+                # the item asks for, so such an item goes to the model as asked (counted)
+                log.warning("screening skipped for %s: the item asks for its clip %s = %s and screening "
+                            "covers whole videos only; the sample goes to the model unscreened, clip as asked",
+                            path, "/".join(CLIP_KEYS), clip)
+                STATS.record_unscreened()
+                item[MARK] = "failed"
                 continue
             text = content[texts[-1]]["text"]
             stem, _ = split_options(text)

@@ -12,26 +12,40 @@ Reliability and secrets (the README's reliability section states the same):
   request fails at once with a non-retryable `ChatError` (`circuit_open=True`), so each sample
   falls back immediately. After the cool-down one request is let through; its success closes the
   circuit, its failure opens it again. Any HTTP answer, even a 5xx, proves the endpoint is up.
-- Replies are read with a size cap (`MAX_REPLY_BYTES`, error bodies `MAX_ERROR_BYTES`) and a
-  total read deadline of `timeout_s`, so a huge or trickling reply cannot exhaust memory or time.
+- Replies are read with a size cap (`MAX_REPLY_BYTES`, error bodies `MAX_ERROR_BYTES`).
+- One wall-clock deadline per request: `timeout_s` covers connecting, sending, the status line and
+  headers, and the body together. A watchdog timer shuts the socket down when it passes, so a
+  server that drips its headers or body a byte at a time cannot hold a request longer (a
+  per-read socket timeout alone would restart with every byte). Name resolution is the one step
+  outside it (the system resolver takes no deadline).
+- Redirects are never followed: a 3xx is a failed request (not retried; the sample falls back and
+  is counted), so the key can never be re-sent to the host a redirect names.
 - The API key is sent as a bearer token only to this client's `base_url`; a password in the URL
   (`http://user:pw@host`) is sent as HTTP Basic auth (when no key is set) and removed from the
   URL. Every message (errors, logs, reprs) and every reply text returned is passed through
   `redact`, which replaces the key, the URL password and any bearer token with `***`.
+
+The standard library's `http.client`, not `urllib` (which follows redirects with the same
+headers) nor `httpx` (its timeouts are per phase and per read too, so the total deadline would
+need the same watchdog; it would add a dependency for nothing else here). `HTTP_PROXY` /
+`HTTPS_PROXY` / `NO_PROXY` are honoured as `urllib` reads them.
 """
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Dict, Iterable, List, Optional
+
+from ..config import parse_max_retries, parse_timeout
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +172,15 @@ class _NoAnswer(Exception):
     """An attempt that got no HTTP answer (counts for the circuit breaker)."""
 
 
+class _HTTPStatus(Exception):
+    """An HTTP answer with an error status (4xx/5xx): `code`, and the start of its body."""
+
+    def __init__(self, code: int, detail: str):
+        super().__init__(f"HTTP {code}")
+        self.code = code
+        self.detail = detail
+
+
 class OpenAIChatClient:
     def __init__(self, base_url: str, api_key: Optional[str] = None, timeout_s: float = 60.0,
                  max_retries: int = 2, backoff_s: float = 1.0, max_tokens: int = 1024,
@@ -169,8 +192,8 @@ class OpenAIChatClient:
         self._secrets = tuple(s for s in (api_key, password, *redact_also) if s)  # redact_also: other clients' keys
         self._basic = (base64.b64encode(f"{user}:{password}".encode()).decode()
                        if password and not api_key else None)
-        self.timeout_s = float(timeout_s)
-        self.max_retries = int(max_retries)
+        self.timeout_s = parse_timeout(timeout_s, "timeout_s")
+        self.max_retries = parse_max_retries(max_retries, "max_retries")
         self.backoff_s = float(backoff_s)
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -197,41 +220,89 @@ class OpenAIChatClient:
         return {"Content-Type": "application/json", "Accept": "application/json",
                 **({"Authorization": auth} if auth else {})}
 
-    def _read_capped(self, resp, deadline: float) -> bytes:
+    def _read_capped(self, resp) -> bytes:
         chunks, size = [], 0
         while True:
-            chunk = resp.read(64 << 10)
+            chunk = resp.read1(64 << 10) if hasattr(resp, "read1") else resp.read(64 << 10)
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)
             if size > MAX_REPLY_BYTES:
                 raise self._error(f"reply over {MAX_REPLY_BYTES} bytes; not read further", retryable=False)
-            if time.monotonic() > deadline:
-                raise _NoAnswer(f"reply still arriving after {self.timeout_s:g}s")
             chunks.append(chunk)
 
+    def _connection(self):
+        """(an unconnected HTTP(S) connection to the endpoint or its proxy, the request target)."""
+        parts = urllib.parse.urlsplit(f"{self.base_url}/chat/completions")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {parts.scheme}://{parts.netloc}")
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        proxy = None if urllib.request.proxy_bypass(parts.hostname) else urllib.request.getproxies().get(parts.scheme)
+        if proxy:
+            pp = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if parts.scheme == "http":  # a plain-HTTP proxy takes the absolute URL
+                return http.client.HTTPConnection(pp.hostname, pp.port or 80, timeout=self.timeout_s), \
+                    urllib.parse.urlunsplit(parts)
+            conn = http.client.HTTPSConnection(pp.hostname, pp.port or 443, timeout=self.timeout_s,
+                                               context=ssl.create_default_context())
+            conn.set_tunnel(parts.hostname, port)
+            return conn, target
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(parts.hostname, port, timeout=self.timeout_s,
+                                               context=ssl.create_default_context()), target
+        return http.client.HTTPConnection(parts.hostname, port, timeout=self.timeout_s), target
+
     def _post(self, payload: dict) -> dict:
-        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(payload).encode("utf-8"),
-                                     headers=self._headers(), method="POST")
+        data = json.dumps(payload).encode("utf-8")
         with self._lock:
             self.requests_sent += 1
-        deadline = time.monotonic() + self.timeout_s
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                body = self._read_capped(resp, deadline)
-        except urllib.error.HTTPError:
-            raise
-        except urllib.error.URLError as e:
-            reason = e.reason
-            if isinstance(reason, (socket.timeout, TimeoutError)):
-                raise _NoAnswer(f"timed out after {self.timeout_s:g}s") from None
-            raise _NoAnswer(f"connection failed ({reason})") from None
-        except (socket.timeout, TimeoutError) as e:
-            raise _NoAnswer(f"timed out after {self.timeout_s:g}s ({e})") from None
-        except (ConnectionError, OSError) as e:
-            raise _NoAnswer(f"connection failed ({type(e).__name__}: {e})") from None
-        except ValueError as e:  # http.client.InvalidURL and friends: not a usable endpoint
+            conn, target = self._connection()
+        except ValueError as e:  # a malformed port and friends: not a usable endpoint
             raise self._error(f"cannot send a request ({type(e).__name__}: {e})", retryable=False) from None
+        expired = threading.Event()
+
+        def expire():  # the request's one deadline: unblock whatever phase it is in
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(self.timeout_s, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            conn.request("POST", target, body=data, headers=self._headers())
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                detail = resp.read(MAX_ERROR_BYTES).decode("utf-8", "replace")
+                raise _HTTPStatus(resp.status, detail)
+            if resp.status >= 300:  # never followed: the key must not travel to another URL
+                where = urllib.parse.urlsplit(resp.getheader("Location") or "")
+                raise self._error(f"HTTP {resp.status} redirect{f' to {where.hostname}' if where.hostname else ''} "
+                                  "not followed (a request is only ever sent to the configured URL); falling back",
+                                  status=resp.status, retryable=False)
+            body = self._read_capped(resp)
+            if expired.is_set():  # the shutdown can look like the end of a body without a length
+                raise TimeoutError("deadline")
+        except (_HTTPStatus, ChatError):
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            if expired.is_set():
+                raise _NoAnswer(f"no complete reply within {self.timeout_s:g}s (connect, headers and body "
+                                "together)") from None
+            if isinstance(e, (socket.timeout, TimeoutError)):
+                raise _NoAnswer(f"timed out after {self.timeout_s:g}s") from None
+            if isinstance(e, ValueError) and not isinstance(e, UnicodeError):
+                raise self._error(f"cannot send a request ({type(e).__name__}: {e})", retryable=False) from None
+            raise _NoAnswer(f"connection failed ({type(e).__name__}: {e})") from None
+        finally:
+            watchdog.cancel()
+            conn.close()
         try:
             return json.loads(body)
         except ValueError:
@@ -248,9 +319,9 @@ class OpenAIChatClient:
                 result = self._post(payload)
                 self.breaker.success()
                 return result
-            except urllib.error.HTTPError as e:
+            except _HTTPStatus as e:
                 self.breaker.success()  # an HTTP answer: the endpoint is up
-                detail = _read_error_body(e)
+                detail = e.detail
                 retryable = e.code == 429 or e.code >= 500
                 err = self._error(f"HTTP {e.code} {detail[:300]}", status=e.code, retryable=retryable)
             except _NoAnswer as e:
@@ -262,7 +333,7 @@ class OpenAIChatClient:
                     raise ChatError(f"{err}; endpoint down for {self.breaker.cooldown_s:g}s after "
                                     f"{self.breaker.threshold} attempts without an answer",
                                     retryable=False, circuit_open=True) from None
-            except ChatError as e:  # a 200 whose body is not JSON (a proxy's error page): retry
+            except ChatError as e:  # a 200 whose body is not JSON (a proxy's error page): retry; a 3xx
                 self.breaker.success()
                 err = e
             if err.status in (400, 422) and "response_format" in str(err) and "response_format" in payload:
@@ -289,13 +360,6 @@ class OpenAIChatClient:
                 log.info("%s rejects response_format; continuing without JSON mode", self.base_url)
                 self._json_mode_ok = False
         return self.redact(_content(self._post_with_retries(payload), self))
-
-
-def _read_error_body(e: urllib.error.HTTPError) -> str:
-    try:
-        return e.read(MAX_ERROR_BYTES).decode("utf-8", "replace")
-    except Exception:
-        return ""
 
 
 def _content(reply: dict, client: OpenAIChatClient) -> str:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
+from ..bounded_json import nesting_depth
 from .questions import MAX_CAPTION_CHARS, clean_text
 from .segments import normalize_segments
 
@@ -127,10 +128,18 @@ def _balanced_objects(text: str):
                     break
 
 
+# A decision nests 3 deep ({"timestamps": [[s, e]]}); a reply nested deeper is not a decision,
+# and would take the parsers' recursion down with it (a reply 5,000 deep raised RecursionError
+# out of plan()).
+MAX_REPLY_DEPTH = 16
+
+
 def _loads_lenient(blob: str):
+    if nesting_depth(blob) > MAX_REPLY_DEPTH:
+        return None
     try:
         return json.loads(blob)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     pythonish = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", blob)))
     try:

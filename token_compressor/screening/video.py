@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from ..files import check_regular_file, open_regular
 from ..video import VideoError  # one error class for every unreadable video in the package
 
 _MIB = 1 << 20
@@ -42,7 +43,12 @@ def fingerprint(path: str) -> str:
     changes with any re-encode, so that takes equal-size files edited in place. The modification time
     is deliberately left out so that copies and re-downloads share the cache; within a process
     a file is hashed once per (size, mtime, inode)."""
-    st = os.stat(path)
+    with open_regular(path, "rb", what="video file") as f:
+        return _fingerprint(path, f)
+
+
+def _fingerprint(path: str, f) -> str:
+    st = os.fstat(f.fileno())
     memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
     cached = _FINGERPRINTS.get(memo)
     if cached is not None:
@@ -50,18 +56,17 @@ def fingerprint(path: str) -> str:
     size = st.st_size
     whole = size <= WHOLE_FILE_BYTES
     h = hashlib.sha256(f"token-compressor-video-v2:{'whole' if whole else 'sampled'}:{size}:".encode())
-    with open(path, "rb") as f:
-        if whole:
-            for block in iter(lambda: f.read(4 * _MIB), b""):
-                h.update(block)
-        else:
-            h.update(f.read(_MIB))
-            step = (size - 2 * _MIB - _CHUNK) / (SAMPLED_CHUNKS - 1)
-            for k in range(SAMPLED_CHUNKS):
-                f.seek(_MIB + int(k * step))
-                h.update(f.read(_CHUNK))
-            f.seek(size - _MIB)
-            h.update(f.read(_MIB))
+    if whole:
+        for block in iter(lambda: f.read(4 * _MIB), b""):
+            h.update(block)
+    else:
+        h.update(f.read(_MIB))
+        step = (size - 2 * _MIB - _CHUNK) / (SAMPLED_CHUNKS - 1)
+        for k in range(SAMPLED_CHUNKS):
+            f.seek(_MIB + int(k * step))
+            h.update(f.read(_CHUNK))
+        f.seek(size - _MIB)
+        h.update(f.read(_MIB))
     digest = h.hexdigest()[:40]
     if len(_FINGERPRINTS) > 4096:
         _FINGERPRINTS.clear()
@@ -71,11 +76,9 @@ def fingerprint(path: str) -> str:
 
 def _check_exists(path: str) -> str:
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise VideoError(f"{path} is a folder, expected a video file")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"video file not found: {path}")
-    return path
+    return check_regular_file(path, "video file", VideoError)  # a FIFO would block the reader
 
 
 def probe(path: str) -> VideoInfo:
