@@ -218,7 +218,7 @@ def test_compress_images_takes_a_bool_only(value):
     assert "generate" not in model.__dict__
 
 
-@pytest.mark.parametrize("var, value", [("fastvid_DTM_p", "1e23"), ("fastvid_DTM_p", str(2**31)),
+@pytest.mark.parametrize("var, value", [("fastvid_DTM_p", str(10**23)), ("fastvid_DTM_p", str(2**31)),
                                         ("fastvid_DySeg_c", "99999999999999999999"), ("HOLITOM_K", str(2**63)),
                                         ("visionzip_k_neighbors", "1e30"), ("DYCOKE_NUM_TOKENS_PER_FRAME", str(2**40))])
 def test_integer_options_beyond_what_works_are_refused_before_the_first_sample(monkeypatch, var, value):
@@ -227,6 +227,16 @@ def test_integer_options_beyond_what_works_are_refused_before_the_first_sample(m
     method = next(m for m, opts in METHOD_OPTIONS.items() if any(v == var for v, _, _ in opts))
     with pytest.raises(ConfigError, match=f"{var}={value!r} is (out of range|not an integer)"):
         from_env({"COMPRESSOR": method, var: value})
+
+
+@pytest.mark.parametrize("method, options", [("fastvid", {"dtm_p": 10**23}), ("fastvid", {"dtm_p": 2**31}),
+                                             ("holitom", {"k": 4.0}), ("visionzip", {"k_neighbors": 10**30}),
+                                             ("fastvid", {"dyseg_tau": "0.5x"})])
+def test_keyword_options_beyond_what_works_are_refused_at_apply(method, options):
+    model = tiny_model(FAMILY)
+    with pytest.raises(ConfigError, match=f"{method}: {next(iter(options))}="):
+        tc.apply(model, method, 0.25, **options)
+    assert "generate" not in model.__dict__
 
 
 @pytest.mark.parametrize("method, option", [(m, o) for m, opts in __import__("token_compressor.config", fromlist=["x"])

@@ -44,6 +44,7 @@ class RawServer:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.connections = 0
+        self.heads = []
         self.stop = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -62,6 +63,7 @@ class RawServer:
             data = b""
             while b"\r\n\r\n" not in data:  # the request head; the body is not needed
                 data += conn.recv(65536)
+            self.heads.append(data.split(b"\r\n\r\n")[0].decode("latin-1"))
             self.script(conn, self.stop)
         except OSError:
             pass
@@ -127,7 +129,7 @@ def test_a_dripping_server_cannot_outlast_the_deadline(phase):
     try:
         client = OpenAIChatClient(server.base_url, SECRET, timeout_s=0.6, max_retries=0, backoff_s=0)
         t0 = time.monotonic()
-        with pytest.raises(ChatError, match=r"no complete reply within 0.6s \(connect, headers and body together\)"):
+        with pytest.raises(ChatError, match=r"timed out: no complete reply within 0.6s \(connect, headers and body together\)"):
             client.chat([{"role": "user", "content": "hi"}], "m")
         elapsed = time.monotonic() - t0
     finally:
@@ -141,6 +143,23 @@ def test_a_prompt_reply_within_the_deadline_still_works():
         client = OpenAIChatClient(server.base_url, SECRET, timeout_s=2, max_retries=0)
         assert client.chat([{"role": "user", "content": "hi"}], "m") == "fine"
         assert server.requests[0][1]["Authorization"] == f"Bearer {SECRET}"
+
+
+def test_a_plain_http_proxy_from_the_environment_is_still_used(monkeypatch):
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
+    proxy = RawServer(lambda conn, stop: conn.sendall(head + BODY))
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://pu:pp@127.0.0.1:{proxy.sock.getsockname()[1]}")
+        monkeypatch.setenv("NO_PROXY", "")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("http_proxy", raising=False)
+        client = OpenAIChatClient("http://planner.invalid/v1", SECRET, timeout_s=5, max_retries=0)
+        assert client.chat([{"role": "user", "content": "hi"}], "m") == json.dumps(END)
+    finally:
+        proxy.close()
+    (request,) = proxy.heads
+    assert request.startswith("POST http://planner.invalid/v1/chat/completions HTTP/1.1")
+    assert "Proxy-Authorization: Basic cHU6cHA=" in request and f"Bearer {SECRET}" in request
 
 
 # -- R3: an item's own clip bounds ----------------------------------------------------------------
@@ -256,7 +275,8 @@ def test_special_files_are_named_for_what_they_are(tmp_path, capsys, kind):
                  ["emc-eval", path, path]):
         assert _bounded(lambda: main(argv)) == 2, argv
         err = capsys.readouterr().err
-        assert f"{path} is {what}, not a regular file" in err and "not found" not in err, (argv, err)
+        said = f"{path} is a folder, expected a" if kind == "folder" else f"{path} is {what}, not a regular file"
+        assert said in err and "not found" not in err, (argv, err)
 
 
 def test_video_readers_refuse_special_files(tmp_path):
@@ -266,7 +286,7 @@ def test_video_readers_refuse_special_files(tmp_path):
     fifo = _fifo(tmp_path)
     for fn in (lambda: read_frames(fifo, 2), lambda: probe(fifo), lambda: fingerprint(fifo),
                lambda: read_frames("/dev/zero", 2), lambda: probe("/dev/zero")):
-        with pytest.raises((VideoError, OSError), match="not a regular file"):
+        with pytest.raises((VideoError, OSError), match="is a (FIFO|character device), not a regular file"):
             _bounded(fn)
 
 

@@ -263,7 +263,7 @@ def test_config_validation():
         ({"EMC_BASE_URL": "localhost:8000"}, r"EMC_BASE_URL='localhost:8000' is not a URL; expected an http"),
         ({"OPENAI_BASE_URL": "ftp://x", "EMC_SCREENER": "llm", "EMC_MODEL": "m"}, r"OPENAI_BASE_URL='ftp://x' is not a URL"),
         ({"EMC_CAPTION_BASE_URL": "x"}, r"EMC_CAPTION_BASE_URL='x' is not a URL"),
-        ({"EMC_TIMEOUT_S": "0"}, r"EMC_TIMEOUT_S='0' is out of range; expected a number of seconds > 0"),
+        ({"EMC_TIMEOUT_S": "0"}, r"EMC_TIMEOUT_S='0' is out of range; expected a number of seconds in \[0.001, 86400\]"),
         ({"EMC_TIMEOUT_S": "soon"}, r"EMC_TIMEOUT_S='soon' is not a number"),
         ({"EMC_MAX_RETRIES": "11"}, r"EMC_MAX_RETRIES='11' is out of range; expected an integer in \[0, 10\]"),
         ({"EMC_MAX_RETRIES": "1.5"}, r"EMC_MAX_RETRIES='1.5' is not an integer"),
@@ -280,8 +280,11 @@ def test_caption_cache_merges_across_processes(tmp_path):
     import token_compressor.screening.cache as cache_module
 
     # the module alone (stdlib only), so the processes start without importing torch
-    code = ("import sys, importlib.util as u\n"
-            "spec = u.spec_from_file_location('cache', sys.argv[3]); m = u.module_from_spec(spec); spec.loader.exec_module(m)\n"
+    code = ("import os, sys, types\n"  # the package's directories, without its __init__ (which imports torch)
+            "root = os.path.dirname(os.path.dirname(sys.argv[3]))\n"
+            "for name, path in (('token_compressor', root), ('token_compressor.screening', root + '/screening')):\n"
+            "    pkg = types.ModuleType(name); pkg.__path__ = [path]; sys.modules[name] = pkg\n"
+            "import token_compressor.screening.cache as m\n"
             "c = m.ScreeningCache(sys.argv[1]); off = int(sys.argv[2])\n"
             "for s in range(off, off + 40): c.add_caption('fp', 'm', s, f'cap {s}')\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(off), cache_module.__file__])

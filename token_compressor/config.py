@@ -155,7 +155,7 @@ MAX_INTEGER_OPTION = 2**31 - 1
 
 def _integer_at_least(lo: int, also=()):
     extra = "".join(f" or {a}" for a in also)
-    expected = f"an integer in [{lo}, {MAX_INTEGER_OPTION}]{extra}"
+    expected = f"an integer >= {lo}{extra}, at most {MAX_INTEGER_OPTION}"
 
     def parse(value, source: str) -> int:
         if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str)):

@@ -26,6 +26,8 @@ def _kind(mode: int) -> str:
 
 
 def _not_regular(path: str, mode: int, what: str) -> str:
+    if stat.S_ISDIR(mode):
+        return f"{path} is a folder, expected a {what}"
     return f"{path} is {_kind(mode)}, not a regular file; expected a {what}"
 
 

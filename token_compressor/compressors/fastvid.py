@@ -178,7 +178,6 @@ def fastvid(
         context rows merged.
     """
     check_features(features, "fastvid")
-    check_method_options("fastvid", {"dyseg_c": dyseg_c, "dtm_p": dtm_p})  # the ranges that can work
     r = check_ratio(ratio if retention_ratio is None else retention_ratio,
                     "ratio" if retention_ratio is None else "retention_ratio (fastvid_retention_ratio)")
     if int(dyseg_c) != dyseg_c or dyseg_c < 1:
@@ -196,6 +195,7 @@ def fastvid(
         raise ValueError(f"fastvid: jitter must be a finite number >= 0, got {jitter!r}")
     if not isinstance(fill_budget, bool):
         raise ValueError(f"fastvid: fill_budget must be True or False, got {fill_budget!r}")
+    check_method_options("fastvid", {"dyseg_c": dyseg_c, "dtm_p": dtm_p})  # and the upper bounds that can work
 
     T, N, D = features.shape
     dev = features.device

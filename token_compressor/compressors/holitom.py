@@ -223,7 +223,6 @@ def holitom(
         would be kept (tiny ratios on fully static videos), token 0 of frame 0 is kept as is.
     """
     check_features(features, "holitom")
-    check_method_options("holitom", {"k": k, "max_window_size": max_window_size})  # the ranges that can work
     r = check_ratio(ratio)
     if not (-1.0 <= float(t) <= 1.0):
         raise ValueError(f"holitom: t (HOLITOM_T) must be a cosine similarity in [-1, 1], got {t!r}")
@@ -240,6 +239,7 @@ def holitom(
         raise ValueError(f"holitom: positions must be one of {POSITIONS}, got {positions!r}")
     if not (float(jitter) >= 0.0 and math.isfinite(float(jitter))):
         raise ValueError(f"holitom: jitter must be a finite number >= 0, got {jitter!r}")
+    check_method_options("holitom", {"k": k, "max_window_size": max_window_size})  # and the upper bounds that can work
 
     T, N, D = features.shape
     dev = features.device

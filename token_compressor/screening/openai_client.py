@@ -232,33 +232,40 @@ class OpenAIChatClient:
             chunks.append(chunk)
 
     def _connection(self):
-        """(an unconnected HTTP(S) connection to the endpoint or its proxy, the request target)."""
+        """(an unconnected HTTP(S) connection to the endpoint or its proxy, the request target,
+        headers for the proxy). `HTTP(S)_PROXY`/`NO_PROXY` as urllib reads them; a proxy's
+        `user:password@` is sent to the proxy only, as Basic `Proxy-Authorization`."""
         parts = urllib.parse.urlsplit(f"{self.base_url}/chat/completions")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {parts.scheme}://{parts.netloc}")
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         proxy = None if urllib.request.proxy_bypass(parts.hostname) else urllib.request.getproxies().get(parts.scheme)
-        if proxy:
-            pp = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-            if parts.scheme == "http":  # a plain-HTTP proxy takes the absolute URL
-                return http.client.HTTPConnection(pp.hostname, pp.port or 80, timeout=self.timeout_s), \
-                    urllib.parse.urlunsplit(parts)
-            conn = http.client.HTTPSConnection(pp.hostname, pp.port or 443, timeout=self.timeout_s,
-                                               context=ssl.create_default_context())
-            conn.set_tunnel(parts.hostname, port)
-            return conn, target
-        if parts.scheme == "https":
-            return http.client.HTTPSConnection(parts.hostname, port, timeout=self.timeout_s,
-                                               context=ssl.create_default_context()), target
-        return http.client.HTTPConnection(parts.hostname, port, timeout=self.timeout_s), target
+        if not proxy:
+            if parts.scheme == "https":
+                return http.client.HTTPSConnection(parts.hostname, port, timeout=self.timeout_s,
+                                                   context=ssl.create_default_context()), target, {}
+            return http.client.HTTPConnection(parts.hostname, port, timeout=self.timeout_s), target, {}
+        pp = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        proxy_headers = {}
+        if pp.username is not None:
+            token = f"{urllib.parse.unquote(pp.username)}:{urllib.parse.unquote(pp.password or '')}"
+            proxy_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        proxy_port = pp.port or (443 if pp.scheme == "https" else 80)
+        if parts.scheme == "http":  # a plain-HTTP proxy takes the absolute URL
+            return (http.client.HTTPConnection(pp.hostname, proxy_port, timeout=self.timeout_s),
+                    urllib.parse.urlunsplit(parts), proxy_headers)
+        conn = http.client.HTTPSConnection(pp.hostname, proxy_port, timeout=self.timeout_s,
+                                           context=ssl.create_default_context())
+        conn.set_tunnel(parts.hostname, port, headers=proxy_headers)  # CONNECT, then TLS to the endpoint
+        return conn, target, {}
 
     def _post(self, payload: dict) -> dict:
         data = json.dumps(payload).encode("utf-8")
         with self._lock:
             self.requests_sent += 1
         try:
-            conn, target = self._connection()
+            conn, target, proxy_headers = self._connection()
         except ValueError as e:  # a malformed port and friends: not a usable endpoint
             raise self._error(f"cannot send a request ({type(e).__name__}: {e})", retryable=False) from None
         expired = threading.Event()
@@ -276,7 +283,7 @@ class OpenAIChatClient:
         watchdog.daemon = True
         watchdog.start()
         try:
-            conn.request("POST", target, body=data, headers=self._headers())
+            conn.request("POST", target, body=data, headers={**self._headers(), **proxy_headers})
             resp = conn.getresponse()
             if resp.status >= 400:
                 detail = resp.read(MAX_ERROR_BYTES).decode("utf-8", "replace")
@@ -293,8 +300,8 @@ class OpenAIChatClient:
             raise
         except (OSError, http.client.HTTPException, ValueError) as e:
             if expired.is_set():
-                raise _NoAnswer(f"no complete reply within {self.timeout_s:g}s (connect, headers and body "
-                                "together)") from None
+                raise _NoAnswer(f"timed out: no complete reply within {self.timeout_s:g}s (connect, headers "
+                                "and body together)") from None
             if isinstance(e, (socket.timeout, TimeoutError)):
                 raise _NoAnswer(f"timed out after {self.timeout_s:g}s") from None
             if isinstance(e, ValueError) and not isinstance(e, UnicodeError):
