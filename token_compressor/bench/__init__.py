@@ -4,7 +4,8 @@
     select_bench   selection speed and exactness: `select` vs each method's straightforward formulation
                    (VidCom², EVS; then the authors' four baselines vs their loop formulations)
     kernels        scoring kernels: Triton (GPU) / torch / loop formulation, bandwidth vs peak
-    prefill        end to end: a realistic-width random Qwen2.5-VL, prefill full vs compressed
+    prefill        end to end: a realistic-width random Qwen2.5-VL, prefill full vs compressed,
+                   one video and a padded batch of two very different videos
     retention      which share of a planted event each compressor keeps (raw pixel features)
     timing         interleaved best-of timing shared by the benchmarks
 """
