@@ -549,6 +549,8 @@ def test_inputs_embeds_only_runs_unpatched_and_the_skip_is_counted(caplog):
     stats = tc.last_stats(model)
     assert stats["skipped"].startswith("inputs_embeds without input_ids")
     assert stats["visual_tokens_before"] == stats["visual_tokens_after"] == 16
+    L = embeds.shape[1]  # it ran as it came: the same shape after
+    assert (stats["width_before"], stats["width_after"], stats["row_lens_after"]) == (L, L, [L])
     assert summary["skipped_samples"] == 1 and summary["compressed_samples"] == 0
     assert "not compressible" in report.format_table(report.merge([summary]))
     model.model.rope_deltas = None
