@@ -18,7 +18,8 @@ MAKE_BENCH_ARGS = ["--repeats", "5"]
 def main(argv=None, with_prefill: bool = True) -> None:
     """`make bench` / `token-compressor bench`: the selection benchmark (`argv`: its arguments),
     then (unless `with_prefill=False`) the kernel benchmark and the end-to-end prefill benchmark
-    (together about five minutes on 2 quiet CPU cores: the padded batch of two videos adds about one)."""
+    (together about four minutes on 2 CPU cores, plus the padded-batch table: an estimated minute more, not yet
+    timed on a quiet machine)."""
     from . import kernels, prefill, select_bench
 
     select_bench.main(list(MAKE_BENCH_ARGS) if argv is None else argv)
