@@ -132,7 +132,9 @@ def apply_from_env() -> bool:
 
 def last_stats(model) -> Optional[dict]:
     """What the last compressed prefill of `model` did (visual tokens before/after, per sample
-    and per visual item, method, ratio, sequence lengths, time), or None if none ran."""
+    and per visual item, method, ratio, time; sequence lengths: `seq_len_before/after` attended
+    tokens of the batch, `width_before/after` the padded batch width, `row_lens_before/after`
+    attended tokens per row), or None if none ran."""
     return patching.last_stats(model)
 
 

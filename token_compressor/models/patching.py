@@ -127,15 +127,24 @@ def _record(model, stats: PrefillStats) -> None:
                        stats.method, stats.skipped)
         return
     logger.info(
-        "token_compressor: %s r=%.3g kept %d/%d visual tokens (%.1f%%), sequence %d -> %d, %.1f ms",
+        "token_compressor: %s r=%.3g kept %d/%d visual tokens (%.1f%%), sequence %d -> %d, "
+        "batch width %d -> %d, %.1f ms",
         stats.method, stats.ratio, stats.after, stats.before, 100.0 * stats.kept_fraction,
-        stats.seq_len_before, stats.seq_len_after, stats.compress_ms,
+        stats.seq_len_before, stats.seq_len_after, stats.width_before, stats.width_after, stats.compress_ms,
     )
 
 
 def _skip(model, settings: Settings, kwargs, reason: str) -> PrefillStats:
     n = visual_tokens_in(model, kwargs, settings)
     stats = PrefillStats(method=settings.method, ratio=settings.ratio, before=n, after=n, skipped=reason)
+    rows = kwargs.get("input_ids") if isinstance(kwargs.get("input_ids"), torch.Tensor) else kwargs.get("inputs_embeds")
+    if isinstance(rows, torch.Tensor) and rows.dim() >= 2:  # it runs as it came: the same shape after
+        mask = kwargs.get("attention_mask")
+        lens = (mask.bool().sum(1).tolist() if isinstance(mask, torch.Tensor) and mask.dim() == 2
+                else [int(rows.shape[1])] * int(rows.shape[0]))
+        stats.width_before = stats.width_after = int(rows.shape[1])
+        stats.row_lens_before, stats.row_lens_after = lens, list(lens)
+        stats.seq_len_before = stats.seq_len_after = int(sum(lens))
     _record(model, stats)
     return stats
 
