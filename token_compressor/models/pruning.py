@@ -4,9 +4,13 @@ re-padded.
 
 Semantics (the same as the VidCom² authors' and vLLM's):
 - each video (and, when asked, each image) is compressed on its own with `select`;
-- only dropped visual tokens leave the sequence: padding, masked-out tokens and text stay, so a
-  call in which every selection keeps everything is handed to Hugging Face unchanged (bitwise the
-  unpatched model);
+- a call in which every selection keeps everything is handed to Hugging Face unchanged (bitwise
+  the unpatched model, padding and all);
+- otherwise dropped visual tokens leave the sequence and so does every row's padding (the
+  masked-out columns before a row's first attended token and after its last); text and masked-out
+  tokens between them stay. The batch is re-padded to its longest compressed row, on the side the
+  caller padded, so a batch of very different videos really shrinks (rows 1,500 and 500 + text
+  wide make a batch 1,500 + text wide, not as wide as the short row's original padding);
 - kept tokens keep the position ids the unpatched model would give them (its own M-RoPE ids, the
   caller's `position_ids` of any rank, or plain text positions where transformers falls back to
   them), so decoding continues in uncompressed coordinates;
@@ -62,7 +66,11 @@ class PrefillStats:
     """What one compressed prefill did. Token counts are visual tokens (video, and image when
     images are compressed); `per_sample[b]` lists `(kind, before, after)` per visual item.
     `skipped` names why a call with visual input could not be compressed (it then ran exactly as
-    unpatched, `after == before`)."""
+    unpatched, `after == before`).
+
+    Sequence lengths: `seq_len_before/after` count the attended tokens of the whole batch;
+    `width_before/after` the padded batch width `L` / `L'` (what the KV cache and the attention
+    are sized by); `row_lens_before/after[b]` the attended tokens of row b."""
 
     method: str
     ratio: float
@@ -71,6 +79,10 @@ class PrefillStats:
     per_sample: List[List[Tuple[str, int, int]]] = field(default_factory=list)
     seq_len_before: int = 0
     seq_len_after: int = 0
+    width_before: int = 0
+    width_after: int = 0
+    row_lens_before: List[int] = field(default_factory=list)
+    row_lens_after: List[int] = field(default_factory=list)
     encode_ms: float = 0.0
     compress_ms: float = 0.0
     skipped: Optional[str] = None
@@ -94,6 +106,10 @@ class PrefillStats:
             ],
             "seq_len_before": self.seq_len_before,
             "seq_len_after": self.seq_len_after,
+            "width_before": self.width_before,
+            "width_after": self.width_after,
+            "row_lens_before": list(self.row_lens_before),
+            "row_lens_after": list(self.row_lens_after),
             "encode_ms": self.encode_ms,
             "compress_ms": self.compress_ms,
             "skipped": self.skipped,
@@ -179,9 +195,38 @@ def check_placeholders(model, input_ids: torch.Tensor, encoded: Dict[str, Any]) 
             )
 
 
+# transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache`
+# (the old argument name is still accepted, with a FutureWarning, until 5.40)
+CACHE_NAMES = ("cache", "past_key_values")
+
+
+def cache_of(call_or_output) -> Any:
+    """The KV cache in a call's keyword arguments or a model/generate output, under whichever
+    name this transformers uses (None when there is none)."""
+    for name in CACHE_NAMES:
+        value = (call_or_output.get(name) if isinstance(call_or_output, dict)
+                 else getattr(call_or_output, name, None))
+        if value is not None:
+            return value
+    return None
+
+
 def _call_with(fn, **kwargs):
-    """Call `fn` with the keyword arguments its signature names (the families' signatures differ)."""
+    """Call `fn` with the keyword arguments its signature names: the families' signatures differ,
+    and so do transformers releases (5.24 renamed `past_key_values` to `cache`, and Qwen2.5-VL's
+    `compute_3d_position_ids` takes it without a default). An argument `fn` requires that is not
+    among `kwargs` is a seam this library does not know: a clear error, not a TypeError deep
+    inside transformers."""
     params = inspect.signature(fn).parameters
+    missing = [name for name, p in params.items()
+               if p.default is inspect.Parameter.empty and name not in kwargs and name != "self"
+               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    if missing:
+        raise RuntimeError(
+            f"token_compressor: transformers' {getattr(fn, '__qualname__', fn)}() requires {', '.join(missing)}, "
+            "which this token_compressor does not know how to fill: this transformers release changed the "
+            "seam (see docs/models.md, 'Versions')"
+        )
     return fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
@@ -197,7 +242,7 @@ def unpatched_positions(model, input_ids, attention_mask, kwargs, for_generate: 
         return model._prepare_position_ids_for_generation(input_ids, model_kwargs)
     pos = _call_with(model.model.compute_3d_position_ids, input_ids=input_ids, attention_mask=kwargs.get("attention_mask"),
                      mm_token_type_ids=kwargs.get("mm_token_type_ids"), inputs_embeds=kwargs.get("inputs_embeds"),
-                     past_key_values=None,
+                     **{name: None for name in CACHE_NAMES},  # a prefill: no cache yet
                      **grids)
     if pos is None:  # transformers falls back to text positions, the same on all three axes
         B, L = input_ids.shape
@@ -250,6 +295,16 @@ def _renumber_text_row(row: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor
     before = d.cumsum(1) - d
     at_start = torch.where(start, before, torch.zeros_like(before)).cummax(1).values
     return row - (before - at_start)
+
+
+def padding_columns(attention_mask: torch.Tensor) -> torch.Tensor:
+    """bool `[B, L]`: each row's padding, the masked-out columns before its first attended column
+    and after its last (all of a row that attends nothing). Masked-out columns between attended
+    ones are not padding: they are tokens the caller hid, and they stay."""
+    m = attention_mask.bool()
+    started = m.int().cummax(1).values.bool()
+    not_ended = m.flip(1).int().cummax(1).values.flip(1).bool()
+    return ~(started & not_ended)
 
 
 def _pad_side(attention_mask: torch.Tensor) -> str:
@@ -307,8 +362,9 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
     check_placeholders(model, input_ids, encoded)
 
     dropped = torch.zeros(B, L, dtype=torch.bool, device=input_ids.device)
+    row_lens = mask.bool().sum(1).tolist()
     stats = PrefillStats(method=settings.method, ratio=settings.ratio, per_sample=[[] for _ in range(B)],
-                         seq_len_before=int(mask.sum()))
+                         seq_len_before=int(sum(row_lens)), width_before=L, row_lens_before=row_lens)
     modalities = [("video", cfg.video_token_id, "video_grid_thw")]
     if settings.compress_images:
         modalities.append(("image", cfg.image_token_id, "image_grid_thw"))
@@ -374,7 +430,7 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
     if not bool(dropped.any()) and not replaced:
         # nothing to drop or replace: the caller's inputs as they are, the vision tower not run twice
         kwargs["mm_encoder_outputs"] = encoded
-        stats.seq_len_after = stats.seq_len_before
+        stats.seq_len_after, stats.width_after, stats.row_lens_after = stats.seq_len_before, L, list(row_lens)
         stats.encode_ms = (t0 - t_encode) * 1e3
         _wait_for(input_ids.device)
         stats.compress_ms = (time.perf_counter() - t0) * 1e3
@@ -386,7 +442,8 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
     if positions.dim() == 3 and positions.shape[0] == 4:
         positions = torch.cat([_renumber_text_row(positions[0], dropped).unsqueeze(0), positions[1:]], dim=0)
 
-    src, filled = _layout(~dropped, _pad_side(mask))
+    # the rows' padding leaves with the dropped tokens: re-padded to the longest compressed row
+    src, filled = _layout(~(dropped | padding_columns(mask)), _pad_side(mask))
     pad_id = getattr(model.generation_config, "pad_token_id", None)
     pad_id = 0 if pad_id is None else (pad_id[0] if isinstance(pad_id, (list, tuple)) else int(pad_id))
     pads = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": 0, "labels": IGNORE_INDEX}
@@ -410,7 +467,9 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
     consumed.update({key: kwargs.pop(key) for key in _GRID_INPUTS if kwargs.get(key) is not None})
     kwargs.update(new)
     kwargs["mm_encoder_outputs"] = dict(encoded, **pruned)
-    stats.seq_len_after = int(new_mask.sum())
+    stats.row_lens_after = new_mask.sum(1).tolist()
+    stats.seq_len_after = int(sum(stats.row_lens_after))
+    stats.width_after = int(src.shape[1])
     stats.encode_ms = (t0 - t_encode) * 1e3
     _wait_for(input_ids.device)
     stats.compress_ms = (time.perf_counter() - t0) * 1e3
