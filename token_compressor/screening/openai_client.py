@@ -5,7 +5,7 @@ for first; a server that rejects it (HTTP 400/422 whose body mentions `response_
 again without it, and the client remembers. Timeouts, 429 and 5xx are retried `max_retries` times
 with exponential backoff; other 4xx fail at once.
 
-Reliability and secrets (the README's reliability section states the same):
+Reliability and secrets (README and docs/reliability.md state the same):
 - Circuit breaker, one per endpoint (base URL) and process, shared by every client of that URL:
   after `BREAKER_THRESHOLD` consecutive attempts that got no HTTP answer at all (connection
   refused or reset, DNS failure, timeout), the endpoint is down for `BREAKER_COOLDOWN_S`: every
