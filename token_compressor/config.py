@@ -9,6 +9,7 @@
 | the authors' hyperparameters of `dycoke`, `fastvid`, `visionzip`, `holitom` | see `METHOD_OPTIONS` below | the authors' defaults |
 | `TOKEN_COMPRESSOR_DYCOKE_KEEP_LAST_FRAME`, `TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET` | a switch | off (the authors' behaviour) |
 | `TOKEN_COMPRESSOR_HOLITOM_POSITIONS` | `linspace` or `centres` | `linspace` (the authors') |
+| `TOKEN_COMPRESSOR_VLLM_CAPTURE` | a directory: the vLLM plugin writes every video's features and selection there (tests) | unset (off) |
 
 `Config.from_env()` returns one immutable, validated `Config`; a bad value raises `ConfigError`
 naming the variable, the value and what is accepted.
@@ -264,6 +265,19 @@ class Config:
             kernels=parse_kernels(env.get("TOKEN_COMPRESSOR_KERNELS")),
             options=tuple(sorted(method_options_from_env(compressor, env).items())),
         )
+
+
+def vllm_capture_dir_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """`TOKEN_COMPRESSOR_VLLM_CAPTURE`: an existing directory where the vLLM plugin saves, in the
+    worker, each video's features and what was kept (for exactness tests); None when unset."""
+    env = os.environ if environ is None else environ
+    value = env.get("TOKEN_COMPRESSOR_VLLM_CAPTURE")
+    if value is None or value.strip() == "":
+        return None
+    if not os.path.isdir(value):
+        raise ConfigError(f"TOKEN_COMPRESSOR_VLLM_CAPTURE={value!r} is not a directory; expected an existing "
+                          "directory to write captures into")
+    return os.path.abspath(value)
 
 
 def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:
