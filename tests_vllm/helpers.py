@@ -86,8 +86,9 @@ def run_engine(model_dir, env, prompts, workdir, engine_kwargs=None, max_tokens=
         os.makedirs(cap_dir, exist_ok=True)
         full_env["TOKEN_COMPRESSOR_VLLM_CAPTURE"] = cap_dir
     full_env.update(env)
+    # vLLM logs (its workers' errors included) go to stdout: one stream, in order, as `proc.stdout`
     proc = subprocess.run([sys.executable, os.path.join(HERE, "engine_run.py"), spec, out], env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     results = None
     if proc.returncode == 0:
         with open(out) as f:
