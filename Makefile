@@ -9,6 +9,8 @@
 #
 #   make test          the main suite on requirements/main.lock (newest supported versions)
 #   make test-oldest   model-patch and contract, selection, kernel, CLI tests on requirements/oldest.lock
+#   make test-mkl-path the selection, golden, visualisation and CLI tests again under another MKL
+#                      code path than this CPU's default (tools/mkl_alt_path.py; in CI)
 #   make test-latest   the suite on the newest releases setup.py allows, WITHOUT a lock (not in CI)
 #   make test-vllm     the vLLM plugin inside real vLLM engines (CPU build) on requirements/vllm.lock
 #   make lock          regenerate the three locks (uv pip compile, pinned below)
@@ -23,13 +25,21 @@ PY := .venv/bin/python
 # The tests `make test-oldest` runs: model patches and their generate/forward contract, selection
 # (golden parity included), the Triton interpreter checks, the command line and the benchmarks at
 # toy sizes. The lmms-eval end-to-end tests stay on the main lock.
-OLDEST_TESTS := tests/test_models.py tests/test_contract.py tests/test_processor_path.py tests/test_select.py \
+OLDEST_TESTS := tests/test_models.py tests/test_contract.py tests/test_batches.py tests/test_processor_path.py tests/test_select.py \
 	tests/test_golden.py tests/test_golden_baselines.py tests/test_golden_fastvid_holitom.py tests/test_golden_holitom_d.py \
 	tests/test_evs.py tests/test_score_range.py tests/test_selection_threads.py tests/test_config.py \
 	tests/test_kernels_triton.py tests/test_cli.py tests/test_cli_model.py tests/test_lock.py \
 	tests/test_gpu_check.py tests/test_bench.py
 
-.PHONY: bench test test-oldest test-latest test-vllm lock venv clean
+# The tests `make test-mkl-path` reruns under another MKL code path: everything that asserts a
+# particular kept set, budget or drawn image. A result that depends on how one BLAS kernel rounds
+# a near-tie then fails on every machine CI runs on, not only on some.
+MKL_PATH_TESTS := tests/test_select.py tests/test_golden.py tests/test_golden_baselines.py \
+	tests/test_golden_fastvid_holitom.py tests/test_golden_holitom_d.py tests/test_evs.py \
+	tests/test_score_range.py tests/test_viz.py tests/test_cli.py tests/test_retention.py \
+	tests/test_mkl_path.py
+
+.PHONY: bench test test-oldest test-mkl-path test-latest test-vllm lock venv clean
 
 # $(call venv,DIR,LOCK): a fresh venv in DIR from LOCK alone, stamped with LOCK's hash.
 define venv
@@ -83,6 +93,10 @@ test-oldest: .venv-oldest/.installed
 test-vllm: .venv-vllm/.installed
 	.venv-vllm/bin/python tools/check_venv.py requirements/vllm.lock
 	.venv-vllm/bin/python -m pytest -q tests_vllm
+
+test-mkl-path: .venv/.installed
+	$(PY) tools/check_venv.py requirements/main.lock
+	MKL_ENABLE_INSTRUCTIONS=$$($(PY) tools/mkl_alt_path.py -v) TC_MKL_PATH_RUN=1 $(PY) -m pytest -q $(MKL_PATH_TESTS)
 
 # Drift seen before users see it: the newest releases that setup.py's ranges admit, no lock.
 # (On this machine kind pip's site configuration caps torch at the release that lies on disk.)
