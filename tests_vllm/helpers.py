@@ -117,3 +117,4 @@ def hf_prompt_positions(model_dir, text, frames, meta):
     with torch.no_grad():
         pos = unpatched_positions(model, enc["input_ids"], enc["attention_mask"], kwargs, for_generate=False)
     return enc["input_ids"][0], enc["video_grid_thw"][0], pos[:, 0]
+
