@@ -111,6 +111,7 @@ def test_plugin_never_raises_when_nothing_was_asked(monkeypatch, caplog):
         raise RuntimeError("token_compressor supports transformers >=5.0,<6; found 4.57.0")
 
     monkeypatch.setattr("token_compressor.models.check_transformers_version", broken)
+    monkeypatch.setenv("TOKEN_COMPRESSOR_REPORT", "1")  # measuring a baseline was asked for
     assert runtime.lmms_eval_plugin() == []  # measuring only: a warning, lmms-eval carries on
     assert "run report not installed" in caplog.text and not runtime.installed()
     monkeypatch.setenv("COMPRESSOR", "vidcom2")  # asked for compression: the same failure stops the run
@@ -128,11 +129,12 @@ def test_report_off_and_no_compressor_patches_nothing(monkeypatch):
 
 # -- what the recorder measures ----------------------------------------------------------------
 
-def test_measuring_only_is_bitwise_the_unpatched_model_and_counts_video_tokens():
+def test_measuring_only_is_bitwise_the_unpatched_model_and_counts_video_tokens(monkeypatch):
     model = tiny_model("qwen2_5_vl")
     batch = batch_for("qwen2_5_vl")
     expected = model.generate(**batch, max_new_tokens=4, do_sample=False)
-    runtime.install("test")  # no COMPRESSOR: measure only
+    monkeypatch.setenv("TOKEN_COMPRESSOR_REPORT", "1")
+    runtime.install("test")  # no COMPRESSOR, the report asked for: measure only
     out = model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert torch.equal(out, expected)
     s = report.RECORDER.summary(compressor=None, ratio=None)

@@ -114,9 +114,12 @@ def parse_switch(value, source: str, default: bool) -> bool:
 
 def report_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
     """Whether lmms-eval runs and the launcher measure and print the run report
-    (`TOKEN_COMPRESSOR_REPORT`, default on)."""
+    (`TOKEN_COMPRESSOR_REPORT`). Default: on when `COMPRESSOR` or `EMC_SCREENER` asks for work
+    (anything but unset, empty or `none`), off otherwise, so that a run that asked for nothing
+    is left alone (no patch, no table, no file); `TOKEN_COMPRESSOR_REPORT=1` measures a baseline."""
     env = os.environ if environ is None else environ
-    return parse_switch(env.get("TOKEN_COMPRESSOR_REPORT"), "TOKEN_COMPRESSOR_REPORT", True)
+    asked = any(str(env.get(k) or "").strip().lower() not in ("", "none") for k in ("COMPRESSOR", "EMC_SCREENER"))
+    return parse_switch(env.get("TOKEN_COMPRESSOR_REPORT"), "TOKEN_COMPRESSOR_REPORT", asked)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 
 from .. import report
 from .pruning import (CompressedPrompt, PrefillStats, Settings, compress_prefill, encoder_outputs_handover,
-                      skip_reason, translate_continuation, visual_tokens_in)
+                      skip_reason, translate_continuation, uncompressed_stats, visual_tokens_in)
 
 logger = logging.getLogger("token_compressor")
 
@@ -123,11 +123,11 @@ def _compress(model, family, settings: Settings, kwargs, **how):
 def _record(model, stats: PrefillStats) -> None:
     model.__dict__[ATTR_STATS] = stats
     if stats.skipped:
-        logger.warning("token_compressor: %s not applied to this call (%s); it runs exactly as unpatched",
+        logger.warning("%s not applied to this call (%s); it runs exactly as unpatched",
                        stats.method, stats.skipped)
         return
     logger.info(
-        "token_compressor: %s r=%.3g kept %d/%d visual tokens (%.1f%%), sequence %d -> %d, %.1f ms",
+        "%s r=%.3g kept %d/%d visual tokens (%.1f%%), sequence %d -> %d, %.1f ms",
         stats.method, stats.ratio, stats.after, stats.before, 100.0 * stats.kept_fraction,
         stats.seq_len_before, stats.seq_len_after, stats.compress_ms,
     )
@@ -150,7 +150,10 @@ def make_forward(original, family):
         if record is not None:  # continuing a compressed cache by hand
             return original(self, **translate_continuation(record, kwargs, _cache_len(kwargs), for_generate=False))
         settings = settings_of(self)
-        if not settings.enabled or not _has_visual_input(kwargs, settings) or _cache_len(kwargs):
+        if not _has_visual_input(kwargs, settings) or _cache_len(kwargs):
+            return original(self, **kwargs)
+        if not settings.enabled:  # `none` or compression off: measured with the same code, run as is
+            self.__dict__[ATTR_STATS] = uncompressed_stats(self, kwargs, settings)
             return original(self, **kwargs)
         reason = skip_reason(kwargs, settings)
         if reason is not None:
@@ -238,8 +241,12 @@ def _generate(self, original, family, kwargs):
     # a new prompt: `last_stats` describes this call from here on, not an earlier one
     self.__dict__.pop(ATTR_STATS, None)
     settings = settings_of(self)
-    if not settings.enabled or not _has_visual_input(kwargs, settings):
+    if not _has_visual_input(kwargs, settings):
         return original(self, **kwargs), None
+    if not settings.enabled:  # `none` or compression off: measured with the same code, run as is
+        self.__dict__[ATTR_STATS] = uncompressed_stats(self, kwargs, settings)
+        with _Guard():  # generate's own forward calls are this call's, already measured
+            return original(self, **kwargs), None
     if _cache_len(kwargs):
         raise ValueError(
             "token_compressor cannot compress a prompt continued from a past_key_values it did not fill; "
@@ -319,6 +326,10 @@ def unpatch_class(cls) -> None:
     _CLASS_SETTINGS.pop(cls, None)
 
 
+def settings_of_class(cls) -> Settings:
+    return _CLASS_SETTINGS.get(cls, Settings())
+
+
 def is_class_patched(cls) -> bool:
     return cls in _CLASS_OWN
 
@@ -334,7 +345,7 @@ def patch_instance(model, family, settings: Settings) -> None:
 
 
 def unpatch_instance(model) -> None:
-    for name in ("forward", "generate", ATTR_SETTINGS, ATTR_FAMILY):
+    for name in ("forward", "generate", ATTR_SETTINGS, ATTR_FAMILY, ATTR_STATS):
         model.__dict__.pop(name, None)
 
 
