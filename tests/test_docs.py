@@ -59,9 +59,9 @@ def run_block(block, scratch: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
 def test_doc_block_runs(block, scratch):
     if block.mode == "skip":
-        pytest.skip(f"docs-test skip: {block.reason}")
+        pytest.skip(f"{block.id}: docs-test skip: {block.reason}")
     if block.mode == "vllm":
-        pytest.skip("docs-test vllm: run by the vLLM test suite")
+        pytest.skip(f"{block.id}: docs-test vllm: run by the vLLM test suite")
     proc = run_block(block, scratch)
     assert proc.returncode == 0, (f"{block.id} failed (exit {proc.returncode})\n--- block ---\n{block.code}"
                                   f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
