@@ -2,6 +2,7 @@
 (`python examples/X.py --model FOLDER --video video.mp4`), and prints what was kept."""
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -78,9 +79,10 @@ def test_screening_example_keeps_the_options(world):
                              "--video", "video.mp4"],
                      EMC_SCREENER="llm", EMC_BASE_URL=server.base_url, EMC_MODEL="planner", EMC_MAX_RETRIES="0"))
     assert "screening: succeeded" in out
-    asked = re.search(r"^asked: (.*)$", out, re.M).group(1)
-    assert asked.startswith("'Which way does the square go?\\nA. It moves across the frame.\\nB.")
-    assert asked.endswith("Answer with the option's letter from the given choices directly.'")
+    asked = ast.literal_eval(re.search(r"^asked: (.*)$", out, re.M).group(1))
+    assert asked == ("Which way does the square go?\nA. It moves across the frame.\nB. It stays still.\n"
+                     "C. It changes colour.\nD. It disappears.\n"
+                     "Answer with the option's letter from the given choices directly.")
     assert KEPT.search(out)
 
 
