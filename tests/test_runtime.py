@@ -292,3 +292,38 @@ def test_launcher_errors_are_one_line_with_status_2(tmp_path):
     assert missing.returncode == 2 and "is not a file or a program on PATH" in missing.stderr
     usage = launch([], tmp_path)
     assert usage.returncode == 2 and usage.stderr.startswith("usage:")
+
+
+def _finalized(monkeypatch, method, ratio="0.25", **env):
+    monkeypatch.setenv("COMPRESSOR", method)
+    monkeypatch.setenv("R_RATIO", ratio)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    runtime.install("test")
+    model = tiny_model("qwen2_vl")
+    model.generate(**collate([make_sample("qwen2_vl", [(8, 8, 8)], seed=1)]), max_new_tokens=2, do_sample=False)
+    out = io.StringIO()
+    merged = runtime.finalize(argv=["prog"], out=out)
+    return merged, out.getvalue()
+
+
+def test_finalize_warns_when_the_achieved_ratio_is_far_from_r_ratio(monkeypatch):
+    merged, text = _finalized(monkeypatch, "dycoke")
+    # DyCoke's published budget: about (1 + r)/2 of 8 temporal patches of 16 tokens
+    assert merged["achieved_ratio"] - 0.25 > report.RATIO_MARGIN
+    line = [l for l in text.splitlines() if "achieved ratio" in l and "WARNING" in l]
+    assert len(line) == 1 and "R_RATIO=0.25 by more than 0.05" in line[0] and "DyCoke's published budget" in line[0]
+
+
+def test_no_ratio_warning_when_the_method_keeps_what_was_asked(monkeypatch):
+    merged, text = _finalized(monkeypatch, "uniform")
+    assert abs(merged["achieved_ratio"] - 0.25) <= report.RATIO_MARGIN
+    assert "WARNING" not in text
+
+
+def test_ratio_gap_reasons():
+    base = {"ratio": 0.25, "compressed_samples": 3}
+    assert report.ratio_gap_warning({**base, "compressor": "holitom", "achieved_ratio": 0.8}).count("HoliTom") == 1
+    assert "FILL_BUDGET=1" in report.ratio_gap_warning({**base, "compressor": "fastvid", "achieved_ratio": 0.15})
+    assert report.ratio_gap_warning({**base, "compressor": "vidcom2", "achieved_ratio": 0.29}) is None
+    assert report.ratio_gap_warning({**base, "compressor": "x", "achieved_ratio": 0.5}).endswith("x's own budget rule")

@@ -241,6 +241,43 @@ def _merge_screening(parts: Sequence[Optional[dict]]) -> Optional[dict]:
     }
 
 
+# A run whose kept share differs from R_RATIO by more than this (absolute, in shares of the visual
+# tokens) gets a WARNING naming why. 0.05 is well above what per-frame rounding moves on real
+# videos (half a token per frame of hundreds) and well below the published budgets' gaps (DyCoke
+# at r=0.25 keeps about 0.6).
+RATIO_MARGIN = 0.05
+
+_GAP_REASONS = {
+    "dycoke": "DyCoke's published budget: its TTM stage prunes only the second frame of each pair (and "
+              "re-prunes every 4th frame), so it keeps about (1 + r)/2 of the video; DYCOKE_K sets the pruned "
+              "frames' merging ratio (default 1 - R_RATIO)",
+    "fastvid": "FastVID's published caps: a frame keeps at most N tokens, at most N//2 of them context, and only "
+               "the last frame of a run of near-identical frames gets any; TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET=1 "
+               "gives the dropped budget back",
+    "holitom": "HoliTom's temporal windows removed more than 1 - r of a static video, and everything they leave "
+               "is kept (its published rule; no option changes it)",
+    "evs": "EVS keeps at least one frame's tokens (max(N, int(T*N*r))), which is more than r on short videos",
+    "vidcom2": "VidCom²'s frame budgets are clamped at N tokens and keep at least one token per frame; short or "
+               "very uneven videos move the share",
+}
+
+
+def ratio_gap_warning(report: dict, margin: float = RATIO_MARGIN) -> Optional[str]:
+    """The WARNING line for a run whose achieved ratio differs from the asked one by more than
+    `margin`, naming the method's reason; None when it does not (or nothing was compressed)."""
+    asked, achieved, method = report.get("ratio"), report.get("achieved_ratio"), report.get("compressor")
+    if asked is None or achieved is None or not report.get("compressed_samples"):
+        return None
+    if abs(achieved - asked) <= margin:
+        return None
+    options = report.get("options") or {}
+    why = _GAP_REASONS.get(method, f"{method}'s own budget rule")
+    if method == "fastvid" and options.get("fill_budget"):
+        why = "FastVID with fill_budget still keeps at most N tokens per frame"
+    return (f"token_compressor: WARNING: achieved ratio {achieved:.4f} differs from R_RATIO={asked:g} by more "
+            f"than {margin:g}: {why}")
+
+
 def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 

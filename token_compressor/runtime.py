@@ -248,6 +248,9 @@ def finalize(argv=None, out=None) -> Optional[dict]:
     if cfg is not None and cfg.enabled and merged["generate_calls"] == 0:
         print(f"token_compressor: WARNING: COMPRESSOR={cfg.compressor} was set but no Qwen-VL model "
               "generated anything in this run", file=out)
+    gap = report.ratio_gap_warning(merged)
+    if gap:
+        print(gap, file=out)
     output_path = report.output_path_from_argv(sys.argv if argv is None else argv)
     if output_path:
         path = report.report_file(output_path, _STATE["since"] or 0.0)
