@@ -327,3 +327,28 @@ def test_ratio_gap_reasons():
     assert "FILL_BUDGET=1" in report.ratio_gap_warning({**base, "compressor": "fastvid", "achieved_ratio": 0.15})
     assert report.ratio_gap_warning({**base, "compressor": "vidcom2", "achieved_ratio": 0.29}) is None
     assert report.ratio_gap_warning({**base, "compressor": "x", "achieved_ratio": 0.5}).endswith("x's own budget rule")
+
+
+def test_per_sample_kept_counts_are_keyed_by_lmms_eval_doc_ids(monkeypatch):
+    """Called from an lmms-eval wrapper (a function of an `lmms_eval.models.chat.*` module whose
+    locals hold the chunk's `doc_id` and `task`, as every Qwen wrapper's do), each row of the batch
+    is recorded under its document; a plain Python caller records none."""
+    monkeypatch.setenv("COMPRESSOR", "vidcom2")
+    runtime.install("test")
+    model = tiny_model("qwen2_vl")
+    batch = collate([make_sample("qwen2_vl", [(4, 4, 4)], seed=1), make_sample("qwen2_vl", [(2, 4, 4)], seed=2)])
+    wrapper = {"__name__": "lmms_eval.models.chat.fake_qwen", "model": model, "batch": batch}
+    exec("def generate_until():\n"
+         "    doc_id, task, split = (7, 3), ('videomme', 'videomme'), ('test', 'test')\n"
+         "    return model.generate(**batch, max_new_tokens=2, do_sample=False)\n", wrapper)
+    wrapper["generate_until"]()
+    stats = tc.last_stats(model)
+    model.generate(**batch, max_new_tokens=2, do_sample=False)  # not lmms-eval: no rows
+    merged = report.merge([report.RECORDER.summary(compressor="vidcom2", ratio=0.25)])
+    expected = [{"task": "videomme", "doc_id": d, "visual_tokens_before": sum(v["before"] for v in row),
+                 "visual_tokens_after": sum(v["after"] for v in row)}
+                for d, row in zip((7, 3), stats["per_sample"])]
+    assert merged["per_sample"] == sorted(expected, key=lambda r: str(r["doc_id"]))
+    assert [r["visual_tokens_before"] for r in expected] == [16, 8]
+    assert all(r["visual_tokens_after"] < r["visual_tokens_before"] for r in expected)
+    assert "per_sample" not in merged["per_rank"][0]

@@ -54,6 +54,27 @@ def eval_path_of_caller(max_depth: int = 60) -> str:
     return "python"
 
 
+def lmms_eval_docs_of_caller(samples: int, max_depth: int = 60) -> Optional[List[dict]]:
+    """lmms-eval's document ids of the batch being generated, one `{"task", "doc_id"}` per row, read
+    from the calling lmms-eval wrapper's `doc_id` / `task` locals (every Qwen wrapper, chat and
+    simple, unpacks a chunk into them before it calls `generate`); None outside lmms-eval or when
+    they do not match the batch (then the run report simply has no per-sample rows for it)."""
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        if frame.f_globals.get("__name__", "").startswith("lmms_eval.models."):
+            ids, tasks = frame.f_locals.get("doc_id"), frame.f_locals.get("task")
+            if isinstance(ids, (tuple, list)) and len(ids) == samples:
+                if not isinstance(tasks, (tuple, list)) or len(tasks) != samples:
+                    tasks = [tasks if isinstance(tasks, str) else None] * samples
+                return [{"task": t if isinstance(t, str) else None, "doc_id": int(d) if isinstance(d, int) else d}
+                        for t, d in zip(tasks, ids)]
+            return None
+        frame = frame.f_back
+    return None
+
+
 def _count(input_ids: Optional[torch.Tensor], token_id: Optional[int]) -> int:
     if input_ids is None or token_id is None:
         return 0
@@ -112,6 +133,7 @@ class Recorder:
             self.paths: Dict[str, int] = {}
             self.model_types: Dict[str, int] = {}
             self.methods: Dict[str, int] = {}
+            self.per_sample: List[dict] = []  # lmms-eval runs: one row per document, by doc id
 
     # -- one generate call ------------------------------------------------------------------
     def begin(self, model) -> _Call:
@@ -123,9 +145,10 @@ class Recorder:
         return _Call(time.perf_counter(), cuda)
 
     def end(self, call: _Call, *, model, path: str, samples: int, before: int, after: int,
-            method: Optional[str], skipped: bool = False) -> None:
+            method: Optional[str], skipped: bool = False, per_sample: Optional[List[dict]] = None) -> None:
         """Count one call; `skipped`: compression was asked for but impossible for this call
-        (e.g. `inputs_embeds` only), which then ran uncompressed."""
+        (e.g. `inputs_embeds` only), which then ran uncompressed. `per_sample`: one dict per row
+        (lmms-eval's task and doc id, visual tokens before/after), kept for the report."""
         peak = None
         if call.device is not None:
             torch.cuda.synchronize(call.device)
@@ -149,6 +172,7 @@ class Recorder:
                 self.peak_mem_mb = peak if self.peak_mem_mb is None else max(self.peak_mem_mb, peak)
             self.paths[path] = self.paths.get(path, 0) + samples
             self.model_types[model_type] = self.model_types.get(model_type, 0) + samples
+            self.per_sample.extend(per_sample or ())
 
     # -- summaries ----------------------------------------------------------------------------
     def summary(self, *, compressor: Optional[str], ratio: Optional[float], rank: int = 0,
@@ -174,6 +198,7 @@ class Recorder:
                 "eval_paths": dict(self.paths),
                 "model_types": dict(self.model_types),
                 "screening": screening,
+                "per_sample": list(self.per_sample),
             }
 
 
@@ -217,7 +242,10 @@ def merge(summaries: Sequence[dict]) -> dict:
         "Peak_mem_MB": max(peaks) if peaks else None,
         "world_size": len(summaries),
         "screening": _merge_screening([s.get("screening") for s in summaries]),
-        "per_rank": list(summaries),
+        # every rank's documents, in lmms-eval's order (task, doc id)
+        "per_sample": sorted((row for s in summaries for row in s.get("per_sample") or ()),
+                             key=lambda row: (str(row.get("task")), str(row.get("doc_id")))),
+        "per_rank": [{k: v for k, v in s.items() if k != "per_sample"} for s in summaries],
     }
     return merged
 

@@ -284,6 +284,7 @@ def make_generate(original, family):
         ids = kwargs.get("inputs") if kwargs.get("inputs") is not None else kwargs.get("input_ids")
         rows = ids if ids is not None else kwargs.get("inputs_embeds")
         samples = int(rows.shape[0]) if isinstance(rows, torch.Tensor) and rows.dim() >= 2 else 0
+        docs = report.lmms_eval_docs_of_caller(samples) if path != "python" else None
         continued = _prompt_of(kwargs) is not None  # its visual tokens were counted by the first call
         call = report.RECORDER.begin(self)
         out, stats = _generate(self, original, family, kwargs)
@@ -296,8 +297,15 @@ def make_generate(original, family):
             before = after = (stats.before if stats is not None else
                               report.visual_token_count(self, ids, settings_of(self).compress_images))
             method = None
+        per_sample = None
+        if docs is not None and not continued:
+            last = self.__dict__.get(ATTR_STATS)
+            counts = last.per_sample if last is not None and len(last.per_sample) == samples else [None] * samples
+            per_sample = [{**doc, "visual_tokens_before": None if row is None else sum(b for _, b, _ in row),
+                           "visual_tokens_after": None if row is None else sum(a for _, _, a in row)}
+                          for doc, row in zip(docs, counts)]
         report.RECORDER.end(call, model=self, path=path, samples=samples, before=before, after=after, method=method,
-                            skipped=stats is not None and bool(stats.skipped))
+                            skipped=stats is not None and bool(stats.skipped), per_sample=per_sample)
         return out
 
     setattr(generate, ATTR_WRAPPED, original)
