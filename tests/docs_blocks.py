@@ -104,3 +104,9 @@ def docs_env(scratch: Path) -> dict:
                PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
                EMC_CACHE_DIR=str(scratch / "emc-cache"), HOME=str(scratch))
     return env
+
+
+def vllm_blocks() -> List[Block]:
+    """The blocks marked `<!-- docs-test: vllm -->`: for the vLLM test suite to run in its own
+    environment (the main suite reports them as skipped)."""
+    return [b for b in all_blocks() if b.mode == "vllm"]
