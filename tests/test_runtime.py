@@ -352,3 +352,26 @@ def test_per_sample_kept_counts_are_keyed_by_lmms_eval_doc_ids(monkeypatch):
     assert [r["visual_tokens_before"] for r in expected] == [16, 8]
     assert all(r["visual_tokens_after"] < r["visual_tokens_before"] for r in expected)
     assert "per_sample" not in merged["per_rank"][0]
+
+
+def test_a_run_that_asked_for_nothing_is_left_alone(tmp_path):
+    """No COMPRESSOR, no EMC_SCREENER, no TOKEN_COMPRESSOR_REPORT: the program runs unpatched, and
+    neither a table, a file nor a line of ours appears (the entry point runs the same `install`)."""
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        sys.path.insert(0, {tests!r})
+        from tiny_models import collate, make_sample, tiny_model
+        from transformers import Qwen2VLForConditionalGeneration as C
+        from token_compressor.models.patching import is_class_patched
+        model = tiny_model("qwen2_vl")
+        model.generate(**collate([make_sample("qwen2_vl", [(4, 4, 4)])]), max_new_tokens=2, do_sample=False)
+        print("PATCHED", is_class_patched(C))
+    """).format(tests=str(REPO / "tests")))
+    proc = launch([str(script), "--output_path", str(tmp_path / "out")], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "PATCHED False" in proc.stdout
+    assert "token-compressor run report" not in proc.stdout and "token_compressor" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()
+    asked = launch([str(script), "--output_path", str(tmp_path / "out")], tmp_path, TOKEN_COMPRESSOR_REPORT="1")
+    assert "token-compressor run report" in asked.stdout  # a baseline measured when asked for
