@@ -55,10 +55,10 @@ endef
 requirements/%.lock:
 	@echo "error: $@ is missing: run 'make lock' (installs never run unlocked)" >&2; exit 2
 
-.venv/.installed: requirements/main.lock setup.py Makefile
+.venv/.installed: requirements/main.lock setup.py pyproject.toml Makefile
 	$(call venv,.venv,requirements/main.lock)
 
-.venv-oldest/.installed: requirements/oldest.lock setup.py Makefile
+.venv-oldest/.installed: requirements/oldest.lock setup.py pyproject.toml Makefile
 	$(call venv,.venv-oldest,requirements/oldest.lock)
 
 venv: .venv/.installed
