@@ -109,6 +109,25 @@ def apply_to_qwen3_vl(model=None, method: Optional[str] = None, ratio: Optional[
     return _apply_family("qwen3_vl", model, method, ratio, compress_images, keep_indices, **options)
 
 
+def apply_to_qwen3_vl_moe(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
+                          compress_images: bool = False, keep_indices: bool = False, **options):
+    """As `apply_to_qwen3_vl`, for Qwen3-VL-MoE (the same seams, deepstack included)."""
+    return _apply_family("qwen3_vl_moe", model, method, ratio, compress_images, keep_indices, **options)
+
+
+def apply_to_qwen3_5(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
+                     compress_images: bool = False, keep_indices: bool = False, **options):
+    """As `apply_to_qwen2_vl`, for Qwen3.5 (hybrid text model: its cache holds recurrent state,
+    which absorbs exactly the kept tokens)."""
+    return _apply_family("qwen3_5", model, method, ratio, compress_images, keep_indices, **options)
+
+
+def apply_to_qwen3_5_moe(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
+                         compress_images: bool = False, keep_indices: bool = False, **options):
+    """As `apply_to_qwen3_5`, for Qwen3.5-MoE."""
+    return _apply_family("qwen3_5_moe", model, method, ratio, compress_images, keep_indices, **options)
+
+
 def apply(model, method: Optional[str] = None, ratio: Optional[float] = None, compress_images: bool = False,
           keep_indices: bool = False, **options):
     """Patch one loaded model, dispatching on `model.config.model_type`; returns the model.
@@ -164,4 +183,5 @@ def last_stats(model) -> Optional[dict]:
 
 
 __all__ = ["ConfigError", "apply", "apply_from_env", "apply_to_qwen2_5_vl", "apply_to_qwen2_vl",
-           "apply_to_qwen3_vl", "last_stats", "revert"]
+           "apply_to_qwen3_5", "apply_to_qwen3_5_moe", "apply_to_qwen3_vl", "apply_to_qwen3_vl_moe", "last_stats",
+           "revert"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Optional
 
 # `config.model_type` of every Qwen-VL family the model patches handle.
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 # The transformers versions the library is tested with (PEP 440 specifiers): 5.17 (what the GPU
 # machines ship; inside vLLM 0.32's transformers<5.20) up to 5.25 (main.lock; 5.24 by the model
