@@ -22,7 +22,7 @@ import transformers
 
 import token_compressor as tc
 from oracles import SPECIAL, explicit_pruned_inputs, feature_inputs, features_input, greedy_uncached
-from tiny_models import FAMILIES, IMAGE, PAD, VIDEO, collate, make_sample, tiny_model
+from tiny_models import FAMILIES, HYBRID, IMAGE, PAD, VIDEO, collate, make_sample, tiny_model
 from token_compressor import report
 
 NEW = 3  # new tokens per generate call
@@ -85,7 +85,15 @@ def image_batch(family):
 # -- comparing outputs ----------------------------------------------------------------------------
 
 def cache_tensors(cache):
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    """Every tensor a cache holds: keys and values of attention layers, the convolution and
+    recurrent states of linear-attention layers (Qwen3.5's gated delta-net)."""
+    out = []
+    for layer in cache.layers:
+        if hasattr(layer, "recurrent_states"):
+            out.append((list(layer.conv_states.values()), list(layer.recurrent_states.values())))
+        if hasattr(layer, "keys"):
+            out.append((layer.keys, layer.values))
+    return out
 
 
 def assert_same(a, b, where="output"):
@@ -149,7 +157,9 @@ CORE = ["greedy", "beam", "num_return_sequences", "dict_outputs"]  # num_return_
 # family-independent modes: one family each, rotating
 EXTRA = {"sample": "qwen3_vl", "beam_sample": "qwen2_5_vl", "beam_num_return_sequences": "qwen3_vl", "prompt_lookup": "qwen3_vl",
          "static_cache": "qwen2_vl", "assisted": "qwen2_5_vl"}
-CASES = [(f, m) for f in FAMILIES for m in CORE] + [(f, m) for m, f in EXTRA.items()]
+# qwen3_5_moe: qwen3_5's seams and cache, qwen3_vl_moe's routing, both through every core mode
+CORE_OF = {"qwen3_5_moe": ["greedy", "dict_outputs"]}
+CASES = [(f, m) for f in FAMILIES for m in CORE_OF.get(f, CORE)] + [(f, m) for m, f in EXTRA.items()]
 
 
 def generate(model, inputs, mode, family, **extra):
@@ -616,10 +626,37 @@ def test_continuing_from_a_compressed_cache_with_the_returned_ids(family):
                     position_ids=torch.cat([pos, pos[..., -1:] + steps], -1))
     expected = uncached_logits(model, extended, second.sequences[0, ids.shape[1]:-1])
     torch.testing.assert_close(torch.cat(second.logits), expected, atol=1e-5, rtol=0)
+    if family in HYBRID:
+        assert_recurrent_state_is_the_pruned_conversations(model, second, extended, ids.shape[1])
 
 
-def test_continuing_a_compressed_cache_wrongly_is_a_clear_error():
-    family = "qwen2_vl"
+def assert_recurrent_state_is_the_pruned_conversations(model, out, extended, width):
+    """Qwen3.5: the continued cache's linear-attention states are those of the unpatched model
+    after one cached prefill over the pruned prompt, the tokens generated and the follow-up text
+    and the tokens generated after it (all but the last, which no call has fed yet): the state
+    absorbed exactly the kept tokens and every later one, once. The states are compared relative
+    to their size (rtol 1e-4: step-by-step decoding vs one chunked prefill reorder fp32 sums;
+    measured ~1e-6); losing or re-feeding any part of the conversation moves them by O(1)."""
+    fed = out.sequences[:, width:-1]
+    ids = torch.cat([extended["input_ids"], fed], 1)
+    pos = extended["position_ids"]
+    pos = torch.cat([pos, pos[..., -1:] + torch.arange(1, fed.shape[1] + 1).view(1, 1, -1)], -1)
+    mm = torch.cat([extended["mm_token_type_ids"], torch.zeros_like(fed)], 1)
+    with torch.no_grad():
+        oracle = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos, mm_token_type_ids=mm,
+                       **feature_inputs(extended), use_cache=True).past_key_values
+    got_cache = out.past_key_values
+    assert got_cache.get_seq_length() == oracle.get_seq_length() == ids.shape[1]
+    states = [(a.recurrent_states[0], b.recurrent_states[0]) for a, b in zip(got_cache.layers, oracle.layers)
+              if hasattr(a, "recurrent_states")]
+    assert states, "a hybrid model's cache holds recurrent states"
+    for got, want in states:
+        assert float(want.abs().max()) > 1e-3, "the recurrent state carries something"
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_5"])
+def test_continuing_a_compressed_cache_wrongly_is_a_clear_error(family):
     model = model_of(family)
     batch = single(video(family))
     tc.apply(model, "vidcom2", 0.5)
@@ -656,12 +693,12 @@ def test_max_length_and_min_length_count_the_original_prompt(family):
     assert eos not in got_min[0, L:L + 2].tolist()
 
 
-def test_manual_decoding_loop_on_a_compressed_forward_cache():
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
+def test_manual_decoding_loop_on_a_compressed_forward_cache(family):
     """A hand-written loop: compressed prefill with use_cache, then one token at a time with the
     cache and no mask or positions (transformers places them from its rope_deltas, which the
     compressed prefill sets for the kept sequence); each step's logits equal the uncached
-    oracle's."""
-    family = "qwen3_vl"
+    oracle's. Qwen3.5: the cache's recurrent state, filled by the kept tokens only, carries on."""
     model = model_of(family)
     sample = video(family)
     batch = single(sample)

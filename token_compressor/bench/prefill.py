@@ -55,7 +55,7 @@ def video_inputs(config, frames: int, height: int, width: int, device="cpu", see
     n = h * w // (m * m)
     video, start, end = config.video_token_id, config.vision_start_token_id, config.vision_end_token_id
     ids = [1, 2, 3]
-    if config.model_type == "qwen3_vl":
+    if config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"):  # one group per frame
         for t in range(T):  # two text ids stand in for the '<t.s seconds>' timestamp
             ids += [40 + t % 10, 50, start] + [video] * n + [end]
     else:

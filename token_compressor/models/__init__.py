@@ -1,5 +1,6 @@
 """Qwen-VL model patches: one module per family holds its seams (`qwen2_vl`, `qwen2_5_vl`,
-`qwen3_vl`); `pruning` is the shared plumbing; `patching` wraps forward/generate."""
+`qwen3_vl`, `qwen3_vl_moe`, `qwen3_5`, `qwen3_5_moe`); `pruning` is the shared plumbing;
+`patching` wraps forward/generate."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,10 @@ from typing import Dict
 from .families import Family
 from .qwen2_5_vl import FAMILY as QWEN2_5_VL
 from .qwen2_vl import FAMILY as QWEN2_VL
+from .qwen3_5 import FAMILY as QWEN3_5
+from .qwen3_5_moe import FAMILY as QWEN3_5_MOE
 from .qwen3_vl import FAMILY as QWEN3_VL
+from .qwen3_vl_moe import FAMILY as QWEN3_VL_MOE
 
 from ..support import SUPPORTED_MODEL_TYPES, TORCH_RANGE, TRANSFORMERS_RANGE, newer_than_tested, version_problem
 
@@ -17,7 +21,7 @@ logger = logging.getLogger("token_compressor")
 # TRANSFORMERS_RANGE: the tested versions of the seams the patches rely on (get_video_features ->
 # pooler_output tuple, get_rope_index, and the encoder outputs handed to forward: as
 # `mm_encoder_outputs` in 5.23, through get_*_features in 5.17; see pruning.encoder_outputs_handover).
-FAMILIES: Dict[str, Family] = {f.name: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)}
+FAMILIES: Dict[str, Family] = {f.name: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, QWEN3_VL_MOE, QWEN3_5, QWEN3_5_MOE)}
 assert tuple(FAMILIES) == SUPPORTED_MODEL_TYPES
 
 _WARNED = set()  # (package, version) already warned about in this process

@@ -1,7 +1,7 @@
 """pytest plugin for running transformers' own Qwen-VL model tests under token-compressor's
 class-level patch (`-p tcpatch`, with this folder on PYTHONPATH; see README.md).
 
-Before any test module is imported it patches Qwen2-VL, Qwen2.5-VL and Qwen3-VL at class level
+Before any test module is imported it patches every supported family at class level
 (`apply_to_qwen*`: vidcom2, ratio `TC_RATIO` (default 1.0), `compress_images=True`), asserts
 that the classes are patched, and counts how often the compression path really ran (wrapping
 `patching._compress` without changing what it returns), so that a "patched" run in which the
@@ -41,8 +41,8 @@ def _counting_compress(model, family, settings, kwargs, **how):
 
 def pytest_configure(config):
     ratio = float(os.environ.get("TC_RATIO", "1.0"))
-    for apply in (tc.apply_to_qwen2_vl, tc.apply_to_qwen2_5_vl, tc.apply_to_qwen3_vl):
-        apply(method="vidcom2", ratio=ratio, compress_images=True)
+    for name in FAMILIES:  # every supported family, through its own apply_to_<family>
+        getattr(tc, f"apply_to_{name}")(method="vidcom2", ratio=ratio, compress_images=True)
     for fam in FAMILIES.values():
         cls = fam.model_class()
         assert patching.is_class_patched(cls), cls
