@@ -173,7 +173,7 @@ def make_forward(original, family):
         if not _has_visual_input(kwargs, settings) or _cache_len(kwargs):
             return original(self, **kwargs)
         if not settings.enabled:  # `none` or compression off: measured with the same code, run as is
-            self.__dict__[ATTR_STATS] = uncompressed_stats(self, kwargs, settings)
+            self.__dict__[ATTR_STATS] = _LastStats(uncompressed_stats(self, kwargs, settings))
             return original(self, **kwargs)
         reason = skip_reason(kwargs, settings)
         if reason is not None:
@@ -264,7 +264,7 @@ def _generate(self, original, family, kwargs):
     if not _has_visual_input(kwargs, settings):
         return original(self, **kwargs), None
     if not settings.enabled:  # `none` or compression off: measured with the same code, run as is
-        self.__dict__[ATTR_STATS] = uncompressed_stats(self, kwargs, settings)
+        self.__dict__[ATTR_STATS] = _LastStats(uncompressed_stats(self, kwargs, settings))
         with _Guard():  # generate's own forward calls are this call's, already measured
             return original(self, **kwargs), None
     if _cache_len(kwargs):
