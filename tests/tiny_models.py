@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+# the Omni thinkers (omni_models.py): `tiny_model`, `make_sample` and `collate` build them too, with
+# video only (no audio: omni_models makes the prompts with audio); they ignore mm_token_type_ids
+OMNI = ["qwen2_5_omni", "qwen3_omni_moe"]
 VOCAB = 256
 IMAGE, VIDEO, VSTART, VEND = 250, 251, 252, 253
 PAD = 0
@@ -43,6 +46,10 @@ def tiny_config(family: str, attn: str = "sdpa"):
 
 
 def tiny_model(family: str, attn: str = "sdpa", seed: int = 0):
+    if family in OMNI:
+        from omni_models import tiny_thinker
+
+        return tiny_thinker(family, attn, seed)
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
     cls = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
@@ -55,7 +62,7 @@ def tiny_model(family: str, attn: str = "sdpa", seed: int = 0):
 
 
 def patch_dim(family: str) -> int:
-    p = 16 if family == "qwen3_vl" else 14
+    p = 16 if family in ("qwen3_vl", "qwen3_omni_moe") else 14
     return 3 * 2 * p * p
 
 
@@ -97,6 +104,8 @@ def make_sample(family: str, grids, text_before=(1, 2, 3), text_after=(4, 5, 6, 
         out["image_grid_thw"] = torch.tensor(image_grids)
     if family == "qwen2_5_vl" and grids:
         out["second_per_grid_ts"] = torch.ones(len(grids))
+    if family in OMNI and grids:
+        out["video_second_per_grid"] = torch.ones(len(grids))
     return out
 
 
@@ -114,7 +123,7 @@ def collate(samples, padding_side="left"):
         mm[b, sl] = s["mm_token_type_ids"]
         mask[b, sl] = 1
     batch = {"input_ids": input_ids, "attention_mask": mask, "mm_token_type_ids": mm}
-    for key in ("pixel_values_videos", "pixel_values", "second_per_grid_ts"):
+    for key in ("pixel_values_videos", "pixel_values", "second_per_grid_ts", "video_second_per_grid"):
         parts = [s[key] for s in samples if key in s]
         if parts:
             batch[key] = torch.cat(parts)

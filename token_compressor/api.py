@@ -41,15 +41,11 @@ def _settings(method, ratio, compress_images: bool, options: dict) -> Settings:
 
 def _check_model(model, family) -> None:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type != family.name:
+    if model_type != family.name and model_type not in family.model_types:
         raise ValueError(f"expected a {family.name} model, got model_type {model_type!r}")
-    inner = getattr(model, "model", None)
-    for seam in ("get_video_features", "get_rope_index"):
-        if not callable(getattr(inner, seam, None)):
-            raise RuntimeError(
-                f"{type(model).__name__}.model has no {seam}(): this transformers version's Qwen-VL seams "
-                "are not the ones token_compressor supports"
-            )
+    problem = patching.seam_problem(model)
+    if problem is not None:
+        raise RuntimeError(problem)
 
 
 def _apply_family(name: str, model=None, method=None, ratio=None, compress_images=False, **options):
@@ -58,9 +54,17 @@ def _apply_family(name: str, model=None, method=None, ratio=None, compress_image
     settings = _settings(method, ratio, compress_images, options)
     if model is None:
         patching.patch_class(family.model_class(), family, settings)
+        if family.composite is not None:
+            patching.patch_composite_class(family)
         return None
-    _check_model(model, family)
-    patching.patch_instance(model, family, settings)
+    target = model
+    if family.composite is not None and isinstance(model, family.composite.model_class()):
+        # a whole Omni model: its thinker generates the text and is the model compressed
+        target = getattr(model, family.composite.part)
+    _check_model(target, family)
+    patching.patch_instance(target, family, settings)
+    if target is not model:
+        patching.patch_composite_instance(model, family)
     return model
 
 
@@ -84,6 +88,20 @@ def apply_to_qwen3_vl(model=None, method: Optional[str] = None, ratio: Optional[
     return _apply_family("qwen3_vl", model, method, ratio, compress_images, **options)
 
 
+def apply_to_qwen2_5_omni(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
+                          compress_images: bool = False, **options):
+    """As `apply_to_qwen2_vl`, for Qwen2.5-Omni: the thinker class when `model` is None (the whole
+    model's generate calls it), else `model`, a thinker or a whole model (its thinker is patched).
+    Video tokens only, audio untouched; speech output from a compressed thinker is refused."""
+    return _apply_family("qwen2_5_omni", model, method, ratio, compress_images, **options)
+
+
+def apply_to_qwen3_omni_moe(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
+                            compress_images: bool = False, **options):
+    """As `apply_to_qwen2_5_omni`, for Qwen3-Omni (MoE; deepstack features pruned with the same indices)."""
+    return _apply_family("qwen3_omni_moe", model, method, ratio, compress_images, **options)
+
+
 def apply(model, method: Optional[str] = None, ratio: Optional[float] = None, compress_images: bool = False, **options):
     """Patch one loaded model, dispatching on `model.config.model_type`; returns the model.
 
@@ -100,10 +118,15 @@ def apply(model, method: Optional[str] = None, ratio: Optional[float] = None, co
 def revert(model=None) -> None:
     """Undo `apply`/`apply_to_*`: for `model`, or every class-level patch when None."""
     if model is not None:
+        part = patching.compressed_part(model)
         patching.unpatch_instance(model)
+        if part is not model:
+            patching.unpatch_instance(part)
         return
     for family in FAMILIES.values():
         patching.unpatch_class(family.model_class())
+        if family.composite is not None:
+            patching.unpatch_class(family.composite.model_class())
 
 
 def apply_from_env() -> bool:
@@ -127,5 +150,5 @@ def last_stats(model) -> Optional[dict]:
     return patching.last_stats(model)
 
 
-__all__ = ["ConfigError", "apply", "apply_from_env", "apply_to_qwen2_5_vl", "apply_to_qwen2_vl",
-           "apply_to_qwen3_vl", "last_stats", "revert"]
+__all__ = ["ConfigError", "apply", "apply_from_env", "apply_to_qwen2_5_omni", "apply_to_qwen2_5_vl",
+           "apply_to_qwen2_vl", "apply_to_qwen3_omni_moe", "apply_to_qwen3_vl", "last_stats", "revert"]

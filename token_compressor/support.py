@@ -7,8 +7,9 @@ bottom by `make test-oldest` (requirements/oldest.lock), the top by `make test`
 """
 from __future__ import annotations
 
-# `config.model_type` of every Qwen-VL family the model patches handle.
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# `config.model_type` of every Qwen-VL family the model patches handle (the Omni families: the
+# whole model and its thinker, `qwen2_5_omni_thinker` / `qwen3_omni_moe_thinker`).
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2_5_omni", "qwen3_omni_moe")
 
 # The transformers and torch versions the library is tested with (PEP 440 specifiers): 5.17 with
 # torch 2.11 (what the GPU machines ship; inside vLLM 0.32's transformers<5.20) up to 5.23 with
