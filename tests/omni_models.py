@@ -88,6 +88,13 @@ def tiny_omni(family: str, seed: int = 0):
     torch.manual_seed(seed)
     model = cls(cfg).eval()
     _ready(model.thinker)
+    if family == "qwen2_5_omni":
+        # transformers 5.23's Qwen2.5-Omni generate reads the speaker and `talker.codec_pad_token`
+        # even for text only (a checkpoint loads spk_dict.pt and has a talker): without a talker it
+        # fails with AttributeError before the thinker runs. This stand-in answers that one
+        # attribute; text-only generation never calls the talker.
+        model.speaker_map.setdefault("Chelsie", {})
+        model.talker = types.SimpleNamespace(codec_pad_token=PAD)
     return model
 
 

@@ -43,7 +43,7 @@ def _check_model(model, family) -> None:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type != family.name and model_type not in family.model_types:
         raise ValueError(f"expected a {family.name} model, got model_type {model_type!r}")
-    problem = patching.seam_problem(model)
+    problem = patching.seam_problem(model, family)
     if problem is not None:
         raise RuntimeError(problem)
 

@@ -46,6 +46,8 @@ class Family:
         model_types: every `config.model_type` that `model_class` has (the Omni thinker's own
             type besides the family name).
         composite: the whole model when `model_class` is a part of one (Omni), else None.
+        seam_note: added to the error when a transformers release lacks the seams (which
+            releases have them).
     """
 
     name: str
@@ -55,3 +57,4 @@ class Family:
     position_inputs: Callable[[Dict[str, Any], bool], Dict[str, Any]] = no_position_inputs
     model_types: Tuple[str, ...] = ()
     composite: Optional[Composite] = None
+    seam_note: str = ""

@@ -20,6 +20,11 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, Optional
 
+# transformers 5.21 moved the thinker's vision seam into `thinker.model` (a `*ThinkerModel`); up to
+# 5.20 the thinker holds the towers itself around a bare text model, which is refused (detected by
+# structure, `patching.seam_problem`, not by version number)
+SEAM_NOTE = "the Omni thinkers need transformers >= 5.21, where `thinker.model` is a *ThinkerModel"
+
 # how generate's position function (`_prepare_position_ids_for_generation`) names the audio inputs
 _GENERATE_INPUTS = ("feature_attention_mask", "audio_feature_lengths", "use_audio_in_video", "video_second_per_grid")
 

@@ -133,20 +133,21 @@ def _record(model, stats: PrefillStats) -> None:
     )
 
 
-def seam_problem(model) -> Optional[str]:
+def seam_problem(model, family=None) -> Optional[str]:
     """Why `model` lacks the seams the patches use on this transformers (None when it has them):
     `model.model` must have `get_video_features` and `get_rope_index` (transformers 5.17's Omni
     thinker, for one, keeps them on itself around a bare text model)."""
     inner = getattr(model, "model", None)
     for seam in ("get_video_features", "get_rope_index"):
         if not callable(getattr(inner, seam, None)):
+            note = f" ({family.seam_note})" if family is not None and family.seam_note else ""
             return (f"{type(model).__name__}.model has no {seam}(): this transformers version's Qwen-VL seams "
-                    "are not the ones token_compressor supports")
+                    f"are not the ones token_compressor supports{note}")
     return None
 
 
-def _check_seams(model) -> None:
-    problem = seam_problem(model)
+def _check_seams(model, family) -> None:
+    problem = seam_problem(model, family)
     if problem is not None:
         raise RuntimeError(f"token_compressor cannot compress this call: {problem}")
 
@@ -175,7 +176,7 @@ def make_forward(original, family):
             _skip(self, settings, kwargs, reason)
             with _Guard():
                 return original(self, **kwargs)
-        _check_seams(self)
+        _check_seams(self, family)
         # what the unpatched forward hands the vision tower besides pixels and grids
         encoder_kwargs = {k: v for k, v in kwargs.items() if k not in _named_params(original) and k != "return_dict"}
         new_kwargs, stats, record = _compress(self, family, settings, kwargs, for_generate=False,
@@ -269,7 +270,7 @@ def _generate(self, original, family, kwargs):
         stats = _skip(self, settings, kwargs, reason)
         with _Guard():
             return original(self, **kwargs), stats
-    _check_seams(self)
+    _check_seams(self, family)
     # generate never builds a graph: neither do the vision tower and the selection before it
     with torch.no_grad():
         mask = kwargs.get("attention_mask")

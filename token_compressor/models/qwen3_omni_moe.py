@@ -2,7 +2,7 @@
 the same indices) with Qwen2.5-Omni's prompt layout (one block of video tokens per video, no
 per-frame timestamps) plus audio; its M-RoPE positions are float. See `omni`."""
 from .families import Composite, Family
-from .omni import position_inputs, speech_refused
+from .omni import SEAM_NOTE, position_inputs, speech_refused
 from .qwen3_vl import deepstack_for_forward, prune_with_deepstack
 
 
@@ -21,4 +21,5 @@ def _whole_class():
 FAMILY = Family(name="qwen3_omni_moe", model_class=_model_class, prune_encoder_output=prune_with_deepstack,
                 forward_encoder_output=deepstack_for_forward, position_inputs=position_inputs,
                 model_types=("qwen3_omni_moe", "qwen3_omni_moe_thinker"),
-                composite=Composite(model_class=_whole_class, part="thinker", refuses=speech_refused))
+                composite=Composite(model_class=_whole_class, part="thinker", refuses=speech_refused),
+                seam_note=SEAM_NOTE)
