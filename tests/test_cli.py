@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_info_reports_support_and_usability(capsys):
     assert cli.main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["model_families"] == ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] == list(support.SUPPORTED_MODEL_TYPES)
+    assert info["model_families"] == ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2_5_omni", "qwen3_omni_moe"] \
+        == list(support.SUPPORTED_MODEL_TYPES)
     assert info["transformers_range"] == support.TRANSFORMERS_RANGE == ">=5.17,<5.24"
     assert info["torch_range"] == support.TORCH_RANGE == ">=2.11,<2.15"
     # the test environments (both locks) lie inside the ranges

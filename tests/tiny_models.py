@@ -6,8 +6,20 @@ import torch
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 # the Omni thinkers (omni_models.py): `tiny_model`, `make_sample` and `collate` build them too, with
-# video only (no audio: omni_models makes the prompts with audio); they ignore mm_token_type_ids
+# video only (no audio: omni_models makes the prompts with audio) and without mm_token_type_ids,
+# which the thinkers do not take
 OMNI = ["qwen2_5_omni", "qwen3_omni_moe"]
+
+
+def omni_here():
+    """The Omni families whose thinker has the seams on this transformers: `thinker.model` a
+    `*ThinkerModel` (5.21 on; 5.17-5.20 are refused, see test_omni.py)."""
+    from transformers.models.qwen2_5_omni import modeling_qwen2_5_omni
+    from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe
+
+    return [family for family, module, name in (
+        ("qwen2_5_omni", modeling_qwen2_5_omni, "Qwen2_5OmniThinkerModel"),
+        ("qwen3_omni_moe", modeling_qwen3_omni_moe, "Qwen3OmniMoeThinkerModel")) if hasattr(module, name)]
 VOCAB = 256
 IMAGE, VIDEO, VSTART, VEND = 250, 251, 252, 253
 PAD = 0
@@ -93,7 +105,7 @@ def make_sample(family: str, grids, text_before=(1, 2, 3), text_after=(4, 5, 6, 
     mm = torch.zeros_like(ids)
     mm[ids == IMAGE] = 1
     mm[ids == VIDEO] = 2
-    out = {"input_ids": ids, "mm_token_type_ids": mm}
+    out = {"input_ids": ids} if family in OMNI else {"input_ids": ids, "mm_token_type_ids": mm}
     if grids:
         rows = sum(T * h * w for T, h, w in grids)
         out["pixel_values_videos"] = torch.randn(rows, patch_dim(family), generator=g)
@@ -120,9 +132,12 @@ def collate(samples, padding_side="left"):
         n = s["input_ids"].numel()
         sl = slice(L - n, L) if padding_side == "left" else slice(0, n)
         input_ids[b, sl] = s["input_ids"]
-        mm[b, sl] = s["mm_token_type_ids"]
+        if "mm_token_type_ids" in s:
+            mm[b, sl] = s["mm_token_type_ids"]
         mask[b, sl] = 1
-    batch = {"input_ids": input_ids, "attention_mask": mask, "mm_token_type_ids": mm}
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if all("mm_token_type_ids" in s for s in samples):
+        batch["mm_token_type_ids"] = mm
     for key in ("pixel_values_videos", "pixel_values", "second_per_grid_ts", "video_second_per_grid"):
         parts = [s[key] for s in samples if key in s]
         if parts:
