@@ -63,3 +63,23 @@ def test_prefill_measures_every_method_and_compresses():
     # the model is left as it was: it answers exactly as a fresh copy of it
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, tiny_model("qwen2_5_vl")(**inputs).logits)
+
+
+def test_prefill_batch_of_very_different_videos_shrinks(capsys):
+    model = tiny_model("qwen2_5_vl")
+    inputs = prefill.batch_inputs(model.config, [(16, 56, 56), (4, 56, 56)])
+    L = inputs["input_ids"].shape[1]
+    assert inputs["attention_mask"][1, 0] == 0 and bool(inputs["attention_mask"][:, -1].all()), "left padded"
+    rows = prefill.measure_batch(model, inputs, ratio=0.25, repeats=1, warmup=0)
+    full, comp = rows
+    assert full["config"] == "full" and full["width"] == L and full["kv_vs_full"] == 1
+    assert comp["config"] == "vidcom2 r=0.25"
+    # the compressed batch is as wide as its longest compressed row, and its KV cache that narrow
+    assert comp["width"] == max(comp["row_lens"]) < L
+    assert comp["kv_vs_full"] == round(comp["width"] / L, 3)
+    assert full["prefill_ms"] > 0 and comp["prefill_ms"] > 0
+    prefill.print_batch_table(rows, "cpu", "bfloat16")
+    out = capsys.readouterr().out
+    assert "machine:" in out and "load average" in out and "vidcom2 r=0.25" in out
+    with torch.no_grad():  # the model is left unpatched
+        assert torch.equal(model(**inputs).logits, tiny_model("qwen2_5_vl")(**inputs).logits)

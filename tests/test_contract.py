@@ -302,21 +302,25 @@ def test_forward_equals_the_explicitly_pruned_prompt(family, method):
 
 
 @pytest.mark.parametrize("family", FAMILIES + OMNI)
-def test_compressed_batch_keeps_its_padding_and_each_row_equals_its_oracle(family):
-    """Every row padded, compressed: padding stays where it was, new padding goes left, and each
-    row's next-token logits equal its own oracle (re-padded batch: sdpa tolerance as in
-    test_models)."""
+def test_compressed_batch_drops_its_padding_and_each_row_equals_its_oracle(family):
+    """Every row padded, compressed: the padding leaves with the dropped tokens, the batch is as
+    wide as its longest pruned row, new padding goes left, and each row's next-token logits equal
+    its own oracle (re-padded batch: sdpa tolerance as in test_models; tests/test_batches.py
+    measures it)."""
     model = model_of(family)
     batch = padded_everywhere(family)
     samples = [video(family, 0), make_sample(family, [(2, 4, 4)], seed=1, text_after=(4, 5))]
-    expected = []
+    expected, widths = [], []
     for s in samples:
         with torch.no_grad():
-            expected.append(model(**explicit_pruned_inputs(model, s, 0.5)).logits[0, -1])
+            oracle = explicit_pruned_inputs(model, s, 0.5)
+            expected.append(model(**oracle).logits[0, -1])
+        widths.append(oracle["input_ids"].shape[1])
     tc.apply(model, "vidcom2", 0.5)
     with torch.no_grad():
         logits = model(**batch).logits
     assert dropped_tokens(model) > 0
+    assert logits.shape[1] == max(widths)
     for b in range(2):
         torch.testing.assert_close(logits[b, -1], expected[b], atol=1e-5, rtol=0)
 

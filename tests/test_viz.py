@@ -14,14 +14,29 @@ from token_compressor.viz.features import CELL, pixel_patch_features, smart_resi
 GREY = 110
 
 
+def spot_pixels():
+    """The planted spot's 28x28 cell: white with 4-pixel orange stripes.
+
+    Colour AND texture on purpose: a flat-colour spot on a flat grey background is a parallel
+    pixel vector (white = grey scaled), so its cosine scores tie with the background's up to
+    rounding, and which token is "most distinctive" is then whatever the BLAS kernel's rounding
+    picks (it differed between MKL's AVX-512 and AVX2 paths). This spot's VidCom² score is
+    ~0.11 below every grey token's (cosine units, fp64; tests/test_viz.py::
+    test_planted_spot_wins_by_a_real_margin), about 10**6 times fp32 rounding.
+    """
+    cell = np.full((CELL, CELL, 3), 255, np.uint8)
+    for row in range(0, CELL, 8):
+        cell[row:row + 4] = (255, 150, 60)
+    return cell
+
+
 def planted_video(num_frames=8, size=112, spot=(1, 2), event_patch=2):
-    """Grey frames with a white 28x28 spot at token `spot`; temporal patch `event_patch` (input
-    frames 2p, 2p+1) is dark blue instead: a short event."""
+    """Grey frames with a striped white/orange 28x28 spot at token `spot`; temporal patch
+    `event_patch` (input frames 2p, 2p+1) is dark blue instead: a short event."""
     frames = np.full((num_frames, size, size, 3), GREY, np.uint8)
-    y, x = spot
-    frames[:, y * CELL:(y + 1) * CELL, x * CELL:(x + 1) * CELL] = 255
     frames[2 * event_patch: 2 * event_patch + 2] = (20, 30, 160)
-    frames[2 * event_patch: 2 * event_patch + 2, y * CELL:(y + 1) * CELL, x * CELL:(x + 1) * CELL] = 255
+    y, x = spot
+    frames[:, y * CELL:(y + 1) * CELL, x * CELL:(x + 1) * CELL] = spot_pixels()
     return frames
 
 
@@ -110,6 +125,40 @@ def test_draw_kept_wraps_many_frames_into_rows():
     assert all(p[2] <= layout.size[0] for p in layout.panels)
 
 
+def _cosine_scores_fp64(features, grid):
+    """VidCom²'s token score (cosine to the video centre + cosine to the frame centre; lower is
+    more distinctive) in float64, straight from the definition: an oracle independent of the
+    fp32 kernels and of the BLAS code path."""
+    T, H, W = grid
+    x = features.double().view(T, H * W, -1)
+    unit = torch.nn.functional.normalize(x, dim=-1)
+    video = torch.nn.functional.normalize(x.reshape(-1, x.shape[-1]).mean(0), dim=0)
+    frame = torch.nn.functional.normalize(x.mean(1), dim=-1)
+    return unit @ video + (unit * frame[:, None]).sum(-1)
+
+
+def test_planted_spot_wins_by_a_real_margin(tmp_path):
+    """The visualize test below relies on the spot being the most distinctive token of every
+    frame. It must win by far more than fp32 rounding, or the kept token depends on the CPU's
+    BLAS code path (a flat white spot on grey tied exactly: parallel pixel vectors)."""
+    video = str(tmp_path / "clip.mp4")
+    write_video(video, planted_video())
+    frames, numbers, _ = read_frames(video, 8)
+    tokens = tokens_from_frames(frames, numbers)
+    scores = _cosine_scores_fp64(tokens.features, tokens.grid)
+    W = tokens.grid[2]
+    spot = 1 * W + 2
+    for t in range(tokens.grid[0]):
+        others = torch.cat([scores[t, :spot], scores[t, spot + 1:]])
+        assert others.min() - scores[t, spot] > 0.05, t  # fp32 rounding here is ~1e-6
+
+    # the old planted input (flat white spot) ties with the grey background up to rounding
+    flat = np.full((2, 112, 112, 3), GREY, np.uint8)
+    flat[:, CELL:2 * CELL, 2 * CELL:3 * CELL] = 255
+    tied = _cosine_scores_fp64(pixel_patch_features(flat), (1, 4, 4))[0]
+    assert (tied - tied[spot]).abs().max() < 1e-12
+
+
 def test_visualize_command_draws_the_selection(tmp_path, capsys):
     video, out = str(tmp_path / "clip.mp4"), str(tmp_path / "kept.png")
     write_video(video, planted_video())
@@ -126,8 +175,9 @@ def test_visualize_command_draws_the_selection(tmp_path, capsys):
     layout = draw.kept_layout((4, 4, 4), 2)
     assert image.size == layout.size
     for t in range(4):
-        # the white spot is the most distinctive token of every frame: kept, shown undimmed
-        assert _centre(image, layout.cell_box(t, 1, 2)).min() > 230
+        # the striped spot is the most distinctive token of every frame: kept, shown undimmed
+        # (a dimmed cell's brightest channel is at most 255*0.3 + 16*0.7 < 88)
+        assert _centre(image, layout.cell_box(t, 1, 2)).max() > 230
         # every other cell is either kept (its own colour) or dimmed; count the dimmed ones
         dimmed = 0
         for y in range(4):

@@ -1,6 +1,8 @@
 """End-to-end prefill benchmark: a random-weight Qwen2.5-VL of realistic width (text hidden 1024,
 8 layers) with about 6,000 video tokens, uncompressed vs VidCom² at r = 0.25 and 0.5 and the
-authors' four other compressors (DyCoke, FastVID, VisionZip, HoliTom) at r = 0.25.
+authors' four other compressors (DyCoke, FastVID, VisionZip, HoliTom) at r = 0.25; then a
+left-padded batch of two videos of very different lengths (6,144 and 2,048 tokens), full vs
+VidCom² at r = 0.25: the compressed batch is as wide as its longest compressed row.
 
 Reports prefill time (vision encoder + compression + language model, one forward with
 use_cache=True and last-position logits, as generate() runs it), the compressor's share of it
@@ -209,6 +211,96 @@ def run(device="cpu", dtype=torch.bfloat16, repeats=2, ratios=(0.25, 0.5), basel
     return measure(model, video_inputs(model.config, 48, 448, 448, device), ratios, repeats, baselines=baselines)
 
 
+def batch_inputs(config, videos, device="cpu", pad_id: int = 0) -> dict:
+    """One left-padded batch (as lmms-eval and `generate` pad) of one prompt per video;
+    `videos` lists `(frames, height, width)` per prompt (`video_inputs` lays each out)."""
+    rows = [video_inputs(config, f, h, w, device, seed=i) for i, (f, h, w) in enumerate(videos)]
+    L = max(r["input_ids"].shape[1] for r in rows)
+    out = {}
+    for key, pad in (("input_ids", pad_id), ("attention_mask", 0), ("mm_token_type_ids", 0)):
+        out[key] = torch.cat([torch.cat([torch.full((1, L - r[key].shape[1]), pad, dtype=r[key].dtype, device=device),
+                                         r[key]], dim=1) for r in rows])
+    for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        if key in rows[0]:
+            out[key] = torch.cat([r[key] for r in rows])
+    return out
+
+
+def machine(device) -> str:
+    """The machine and its load, for the benchmark's header (timings on a shared machine vary)."""
+    import os
+    import platform
+
+    if torch.device(device).type == "cuda":
+        where = torch.cuda.get_device_name(torch.device(device))
+    else:
+        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    try:
+        load = "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        load = "load average unknown"
+    return f"{where}; {load}"
+
+
+def measure_batch(model, inputs: dict, ratio: float = 0.25, repeats: int = 2, warmup: int = 1) -> list:
+    """Prefill of a padded batch `inputs` (rows of very different lengths) uncompressed and with
+    VidCom² at `ratio`, interleaved in one run (`interleaved_best`, or the CUDA-event median on
+    CUDA). One row per configuration: `config`, `width` (padded batch width, what the attention
+    and the KV cache are sized by), `row_lens` (attended tokens per row), `prefill_ms`,
+    `speedup` (full / this), `kv_cache_bytes`, `kv_vs_full`."""
+    device = model.device
+    configs = {"full": ("none", None), f"vidcom2 r={ratio}": ("vidcom2", ratio)}
+    fns = {}
+    for name, (method, r) in configs.items():
+        def fn(_=None, method=method, r=r):
+            _configure(model, method, r)
+            with torch.no_grad():
+                return model(**inputs, use_cache=True, logits_to_keep=1)
+        fns[name] = fn
+    try:
+        if device.type == "cuda":
+            times = device_median_ms(fns, [None], repeats=repeats, warmup=warmup, device=device)
+        else:
+            times = interleaved_best(fns, repeats=repeats, warmup=warmup, device=device)
+        rows, full_kv = [], None
+        for name, (method, r) in configs.items():
+            out = fns[name]()
+            kv = kv_bytes(out.past_key_values)
+            stats = tc.last_stats(model) if r is not None else None
+            full_kv = kv if r is None else full_kv
+            rows.append({
+                "config": name,
+                "width": stats["width_after"] if stats else int(inputs["input_ids"].shape[1]),
+                "row_lens": stats["row_lens_after"] if stats else inputs["attention_mask"].sum(1).tolist(),
+                "prefill_ms": round(times[name], 2),
+                "speedup": round(times["full"] / times[name], 2),
+                "kv_cache_bytes": kv,
+                "kv_cache_MiB": round(kv / 2**20, 2),
+                "kv_vs_full": round(kv / full_kv, 3),
+            })
+            del out
+    finally:
+        tc.revert(model)
+    return rows
+
+
+def run_batch(device="cpu", dtype=torch.bfloat16, repeats=2, ratio=0.25, videos=((48, 448, 448), (16, 448, 448))):
+    """The batch row of `make bench`: two videos of 6,144 and 2,048 tokens, left padded."""
+    model = build_model(device, dtype)
+    return measure_batch(model, batch_inputs(model.config, videos, device), ratio, repeats)
+
+
+def print_batch_table(rows, device, dtype):
+    print(f"Qwen2.5-VL prefill of a padded batch of two videos of very different lengths "
+          f"(random weights, text hidden 1024 x 8 layers), {device}, {dtype}")
+    print(f"machine: {machine(device)}; full and compressed interleaved in one run")
+    print(f"{'config':<18}{'width':>7}{'row lengths':>16}{'prefill ms':>12}{'speed-up':>10}{'KV MiB':>9}{'KV/full':>9}")
+    for r in rows:
+        lens = "/".join(str(n) for n in r["row_lens"])
+        print(f"{r['config']:<18}{r['width']:>7}{lens:>16}{r['prefill_ms']:>12.1f}{r['speedup']:>9.2f}x"
+              f"{r['kv_cache_MiB']:>9.2f}{r['kv_vs_full']:>9.3f}")
+
+
 def print_table(rows, device, dtype):
     print(f"Qwen2.5-VL prefill (random weights, text hidden 1024 x 8 layers), {device}, {dtype}")
     print(f"{'config':<18}{'video tok':>10}{'prefill ms':>12}{'speed-up':>10}{'compressor':>12}{'KV MiB':>9}{'KV/full':>9}")
@@ -224,10 +316,17 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
                    help="the other compressors, at r=0.25 (default: all four; none: VidCom² only)")
+    p.add_argument("--no-batch", dest="batch", action="store_false",
+                   help="skip the padded batch of two videos of very different lengths")
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
     rows = run(a.device, dtype, a.repeats, baselines=tuple(a.baselines))
     print_table(rows, a.device, a.dtype)
+    if a.batch:
+        print()
+        batch_rows = run_batch(a.device, dtype, a.repeats)
+        print_batch_table(batch_rows, a.device, a.dtype)
+        rows = rows + [dict(r, batch=True) for r in batch_rows]
     return rows
 
 

@@ -127,9 +127,10 @@ def _record(model, stats: PrefillStats) -> None:
                        stats.method, stats.skipped)
         return
     logger.info(
-        "token_compressor: %s r=%.3g kept %d/%d visual tokens (%.1f%%), sequence %d -> %d, %.1f ms",
+        "token_compressor: %s r=%.3g kept %d/%d visual tokens (%.1f%%), sequence %d -> %d, "
+        "batch width %d -> %d, %.1f ms",
         stats.method, stats.ratio, stats.after, stats.before, 100.0 * stats.kept_fraction,
-        stats.seq_len_before, stats.seq_len_after, stats.compress_ms,
+        stats.seq_len_before, stats.seq_len_after, stats.width_before, stats.width_after, stats.compress_ms,
     )
 
 

@@ -4,9 +4,13 @@ re-padded.
 
 Semantics (the same as the VidCom² authors' and vLLM's):
 - each video (and, when asked, each image) is compressed on its own with `select`;
-- only dropped visual tokens leave the sequence: padding, masked-out tokens and text stay, so a
-  call in which every selection keeps everything is handed to Hugging Face unchanged (bitwise the
-  unpatched model);
+- a call in which every selection keeps everything is handed to Hugging Face unchanged (bitwise
+  the unpatched model, padding and all);
+- otherwise dropped visual tokens leave the sequence and so does every row's padding (the
+  masked-out columns before a row's first attended token and after its last); text and masked-out
+  tokens between them stay. The batch is re-padded to its longest compressed row, on the side the
+  caller padded, so a batch of very different videos really shrinks (rows 1,500 and 500 + text
+  wide make a batch 1,500 + text wide, not as wide as the short row's original padding);
 - kept tokens keep the position ids the unpatched model would give them (its own M-RoPE ids, the
   caller's `position_ids` of any rank, or plain text positions where transformers falls back to
   them), so decoding continues in uncompressed coordinates;
@@ -59,7 +63,11 @@ class PrefillStats:
     """What one compressed prefill did. Token counts are visual tokens (video, and image when
     images are compressed); `per_sample[b]` lists `(kind, before, after)` per visual item.
     `skipped` names why a call with visual input could not be compressed (it then ran exactly as
-    unpatched, `after == before`)."""
+    unpatched, `after == before`).
+
+    Sequence lengths: `seq_len_before/after` count the attended tokens of the whole batch;
+    `width_before/after` the padded batch width `L` / `L'` (what the KV cache and the attention
+    are sized by); `row_lens_before/after[b]` the attended tokens of row b."""
 
     method: str
     ratio: float
@@ -68,6 +76,10 @@ class PrefillStats:
     per_sample: List[List[Tuple[str, int, int]]] = field(default_factory=list)
     seq_len_before: int = 0
     seq_len_after: int = 0
+    width_before: int = 0
+    width_after: int = 0
+    row_lens_before: List[int] = field(default_factory=list)
+    row_lens_after: List[int] = field(default_factory=list)
     encode_ms: float = 0.0
     compress_ms: float = 0.0
     skipped: Optional[str] = None
@@ -88,6 +100,10 @@ class PrefillStats:
             ],
             "seq_len_before": self.seq_len_before,
             "seq_len_after": self.seq_len_after,
+            "width_before": self.width_before,
+            "width_after": self.width_after,
+            "row_lens_before": list(self.row_lens_before),
+            "row_lens_after": list(self.row_lens_after),
             "encode_ms": self.encode_ms,
             "compress_ms": self.compress_ms,
             "skipped": self.skipped,
@@ -248,6 +264,16 @@ def _renumber_text_row(row: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor
     return row - (before - at_start)
 
 
+def padding_columns(attention_mask: torch.Tensor) -> torch.Tensor:
+    """bool `[B, L]`: each row's padding, the masked-out columns before its first attended column
+    and after its last (all of a row that attends nothing). Masked-out columns between attended
+    ones are not padding: they are tokens the caller hid, and they stay."""
+    m = attention_mask.bool()
+    started = m.int().cummax(1).values.bool()
+    not_ended = m.flip(1).int().cummax(1).values.flip(1).bool()
+    return ~(started & not_ended)
+
+
 def _pad_side(attention_mask: torch.Tensor) -> str:
     """'right' when some sample ends in padding (right-padded input), else 'left' (the
     decoder-only convention that `generate` needs)."""
@@ -295,8 +321,9 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
     check_placeholders(model, input_ids, encoded)
 
     dropped = torch.zeros(B, L, dtype=torch.bool, device=input_ids.device)
+    row_lens = mask.bool().sum(1).tolist()
     stats = PrefillStats(method=settings.method, ratio=settings.ratio, per_sample=[[] for _ in range(B)],
-                         seq_len_before=int(mask.sum()))
+                         seq_len_before=int(sum(row_lens)), width_before=L, row_lens_before=row_lens)
     modalities = [("video", cfg.video_token_id, "video_grid_thw")]
     if settings.compress_images:
         modalities.append(("image", cfg.image_token_id, "image_grid_thw"))
@@ -345,7 +372,7 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
     if not bool(dropped.any()) and not replaced:
         # nothing to drop or replace: the caller's inputs as they are, the vision tower not run twice
         kwargs["mm_encoder_outputs"] = encoded
-        stats.seq_len_after = stats.seq_len_before
+        stats.seq_len_after, stats.width_after, stats.row_lens_after = stats.seq_len_before, L, list(row_lens)
         stats.encode_ms = (t0 - t_encode) * 1e3
         _wait_for(input_ids.device)
         stats.compress_ms = (time.perf_counter() - t0) * 1e3
@@ -358,7 +385,8 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
     if positions.dim() == 3 and positions.shape[0] == 4:
         positions = torch.cat([_renumber_text_row(positions[0], dropped).unsqueeze(0), positions[1:]], dim=0)
 
-    src, filled = _layout(~dropped, _pad_side(mask))
+    # the rows' padding leaves with the dropped tokens: re-padded to the longest compressed row
+    src, filled = _layout(~(dropped | padding_columns(mask)), _pad_side(mask))
     pad_id = getattr(model.generation_config, "pad_token_id", None)
     pad_id = 0 if pad_id is None else (pad_id[0] if isinstance(pad_id, (list, tuple)) else int(pad_id))
     pads = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": 0, "labels": IGNORE_INDEX}
@@ -382,7 +410,9 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
     consumed.update({key: kwargs.pop(key) for key in _GRID_INPUTS if kwargs.get(key) is not None})
     kwargs.update(new)
     kwargs["mm_encoder_outputs"] = dict(encoded, **pruned)
-    stats.seq_len_after = int(new_mask.sum())
+    stats.row_lens_after = new_mask.sum(1).tolist()
+    stats.seq_len_after = int(sum(stats.row_lens_after))
+    stats.width_after = int(src.shape[1])
     stats.encode_ms = (t0 - t_encode) * 1e3
     _wait_for(input_ids.device)
     stats.compress_ms = (time.perf_counter() - t0) * 1e3
