@@ -271,3 +271,14 @@ def test_the_thinker_without_the_seams_is_refused_clearly():
                 model.generate(**batch, max_new_tokens=2)
         finally:
             tc.revert()
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_omni", "qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"])
+def test_the_command_line_says_omni_goes_through_the_python_api(tmp_path, model_type):
+    import json
+
+    from token_compressor.models.loading import ModelLoadError, check_model_folder
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(ModelLoadError, match=r"Omni models are compressed through the Python API \(tc.apply\)"):
+        check_model_folder(str(tmp_path))
