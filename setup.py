@@ -12,10 +12,13 @@ def _version():
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
-def _support(name):
-    # the one definition of the tested ranges lives in token_compressor/support.py
+def _support_floor(name):
+    # the one definition of the tested ranges lives in token_compressor/support.py; only their
+    # lower ends are install requirements (see install_requires)
     with open(os.path.join(HERE, "token_compressor", "support.py"), encoding="utf-8") as f:
-        return re.search(r'^%s = "([^"]+)"' % name, f.read(), re.M).group(1)
+        spec = re.search(r'^%s = "([^"]+)"' % name, f.read(), re.M).group(1)
+    (floor,) = [part.strip() for part in spec.split(",") if part.strip().startswith(">=")]
+    return floor
 
 
 def _readme():
@@ -34,12 +37,15 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["token_compressor", "token_compressor.*"]),
     # Every lower bound here is what `make test-oldest` installs (requirements/oldest.lock is
-    # resolved with lowest-direct), every upper bound the newest tested release line; tests check
-    # that both locks sit inside these ranges (tests/test_lock.py).
+    # resolved with lowest-direct); tests check that both locks sit inside these ranges
+    # (tests/test_lock.py). torch and transformers have NO upper bound on purpose: installing
+    # token-compressor must never silently downgrade a user's transformers or torch. The top of
+    # the tested range is checked when a model is patched instead (a clear error naming the way
+    # out, or TOKEN_COMPRESSOR_ALLOW_UNTESTED=1; docs/models.md, "Versions").
     install_requires=[
-        "torch" + _support("TORCH_RANGE"),
+        "torch" + _support_floor("TORCH_RANGE"),
         "numpy>=2.0",
-        "transformers" + _support("TRANSFORMERS_RANGE"),
+        "transformers" + _support_floor("TRANSFORMERS_RANGE"),
         "packaging>=23",
         "tqdm>=4.66.3",
     ],
@@ -54,8 +60,9 @@ setup(
             "av>=12",
         ],
         "eval": [
-            # the pairs of TORCH_RANGE's releases (torchvision's C++ ops are built for one torch)
-            "torchvision>=0.26,<0.30",
+            # torchvision's C++ ops are built for one torch release: each torchvision pins its torch,
+            # so pip picks the pair. No upper bound, like torch's (0.26 pairs with torch 2.11).
+            "torchvision>=0.26",
             "accelerate>=1.0",
             "qwen-vl-utils>=0.0.14",
             "lmms-eval>=0.7.3,<0.8",

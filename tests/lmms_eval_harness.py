@@ -67,18 +67,24 @@ def make_world(root: Path, families: Sequence[str], videos: int = 2, frames: int
 
 
 def lmms_eval_command(model: str, checkpoint: Path, task_dir: Path, output: Optional[Path],
-                      force_simple: bool = False, launcher: bool = False) -> List[str]:
-    """`accelerate launch --cpu --num_processes 1 [-m token_compressor.launch] -m lmms_eval ...`."""
+                      force_simple: bool = False, launcher: bool = False, model_args: Optional[str] = None,
+                      accelerate: bool = True) -> List[str]:
+    """`accelerate launch --cpu --num_processes 1 [-m token_compressor.launch] -m lmms_eval ...`
+    (`python [-m token_compressor.launch] -m lmms_eval ...` without `accelerate`, so the exit
+    status is lmms-eval's own). `model_args`: other wrappers' arguments after `pretrained=`."""
+    if model_args is None:
+        model_args = f"device=cpu,device_map=cpu,max_num_frames={FRAMES},max_pixels=12544,min_pixels=3136"
     args = ["--model", model,
-            "--model_args", f"pretrained={checkpoint},device=cpu,device_map=cpu,max_num_frames={FRAMES},"
-                            "max_pixels=12544,min_pixels=3136",
+            "--model_args", f"pretrained={checkpoint},{model_args}",
             "--tasks", TASK, "--include_path", str(task_dir), "--batch_size", "1", "--verbosity", "WARNING"]
     if output is not None:
         args += ["--output_path", str(output)]
     if force_simple:
         args.append("--force_simple")
-    launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--cpu",
-              "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = [sys.executable]
+    if accelerate:
+        launch += ["-m", "accelerate.commands.accelerate_cli", "launch", "--cpu", "--num_processes", "1",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if launcher:
         launch += ["-m", "token_compressor.launch"]
     return launch + ["-m", "lmms_eval", *args]

@@ -10,20 +10,24 @@ SPECIAL = list(range(250, 256))  # image, video, vision start/end ids of the tin
 
 
 def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_id=VIDEO, merged=True,
-                           feature_map=None, **options):
+                           feature_map=None, encoder_kwargs=None, **options):
     """Oracle inputs for one unpadded sample, built without token_compressor.models: the kept
     video rows from `tc.select` on the model's own features, ids sliced, the kept tokens carrying
     their features (a merging compressor's merged rows when `merged`, else their own rows),
     original 3D positions sliced, text row renumbered 0..L'-1. Qwen3-VL's deepstack features are
     the kept rows' own (the authors never merge them). Tensors are made on the sample's device
     (benchmarks/gpu_check.py runs this oracle on CUDA). `feature_map`, when given, transforms the
-    kept features (a control: `torch.neg` must change the logits, or the features never arrive)."""
+    kept features (a control: `torch.neg` must change the logits, or the features never arrive).
+    `encoder_kwargs` go to the vision tower as the unpatched forward hands it its own keyword
+    arguments (`output_attentions=True`, ...): from transformers 5.24 the forward's output carries
+    the encoder output (`video_outputs`), whose attentions and hidden states then exist."""
     inner = model.model
     ids = sample["input_ids"].unsqueeze(0)
     dev = ids.device
     mm = sample.get("mm_token_type_ids")  # Omni prompts have none (the thinkers do not read it)
     with torch.no_grad():
-        enc = inner.get_video_features(sample["pixel_values_videos"], sample["video_grid_thw"], return_dict=True)
+        enc = inner.get_video_features(sample["pixel_values_videos"], sample["video_grid_thw"], return_dict=True,
+                                       **(encoder_kwargs or {}))
     pos3 = original_positions(inner, sample, ids)
     video_pos = (ids[0] == video_token_id).nonzero().squeeze(1)
     keep = torch.ones(ids.shape[1], dtype=torch.bool, device=dev)

@@ -20,8 +20,11 @@ def test_info_reports_support_and_usability(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["model_families"] == ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2_5_omni", "qwen3_omni_moe"] \
         == list(support.SUPPORTED_MODEL_TYPES)
-    assert info["transformers_range"] == support.TRANSFORMERS_RANGE == ">=5.17,<5.24"
-    assert info["torch_range"] == support.TORCH_RANGE == ">=2.11,<2.15"
+    assert info["transformers_range"] == support.TRANSFORMERS_RANGE == ">=5.17,<5.26"
+    assert info["torch_range"] == support.TORCH_RANGE == ">=2.11,<2.16"
+    from token_compressor.config import allow_untested_from_env
+
+    assert info["allow_untested"] is allow_untested_from_env()  # on under `make test-latest`
     # the test environments (both locks) lie inside the ranges
     assert info["transformers_supported"] is True and info["torch_supported"] is True
     assert "vidcom2" in info["compressors"]
@@ -34,19 +37,42 @@ def test_info_reports_support_and_usability(capsys):
         assert info["cuda"] is False and info["triton"] is False and info["flash_attn"] is False
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out
-    assert "qwen2_vl, qwen2_5_vl, qwen3_vl" in text and "tested range >=5.17,<5.24: yes" in text
-    assert "tested range >=2.11,<2.15: yes" in text
+    assert "qwen2_vl, qwen2_5_vl, qwen3_vl" in text and "tested range >=5.17,<5.26: yes" in text
+    assert "tested range >=2.11,<2.16: yes" in text
+    assert ("ALLOW_UNTESTED" in text) is allow_untested_from_env()
     assert re.search(r"^Triton\s+(yes|no)", text, re.M) and re.search(r"^flash-attn\s+(yes|no)", text, re.M)
 
 
 def test_ranges_defined_once():
-    assert support.transformers_supported("5.17.0") and support.transformers_supported("5.23.0")
-    assert not support.transformers_supported("5.16.1") and not support.transformers_supported("5.24.0")
-    assert support.torch_supported("2.11.0+cu130") and support.torch_supported("2.14.1")
-    assert not support.torch_supported("2.10.0") and not support.torch_supported("2.15.0")
+    assert support.transformers_supported("5.17.0") and support.transformers_supported("5.25.0")
+    assert not support.transformers_supported("5.16.1") and not support.transformers_supported("5.26.0")
+    assert support.torch_supported("2.11.0+cu130") and support.torch_supported("2.15.0")
+    assert not support.torch_supported("2.10.0") and not support.torch_supported("2.16.0")
+    assert support.newer_than_tested("5.26.0", support.TRANSFORMERS_RANGE)
+    assert not support.newer_than_tested("5.16.1", support.TRANSFORMERS_RANGE)
+    assert not support.newer_than_tested("5.25.0", support.TRANSFORMERS_RANGE)
     setup_py = open(os.path.join(ROOT, "setup.py")).read()
-    assert '_support("TRANSFORMERS_RANGE")' in setup_py and '_support("TORCH_RANGE")' in setup_py
-    assert ">=5.17" not in setup_py and ">=2.11," not in setup_py
+    assert '_support_floor("TRANSFORMERS_RANGE")' in setup_py and '_support_floor("TORCH_RANGE")' in setup_py
+    assert ">=5.17" not in setup_py and ">=2.11" not in setup_py
+
+
+def test_install_requires_never_caps_transformers_or_torch():
+    """Installing token-compressor into an environment with a newer transformers or torch must not
+    downgrade it: the floors are install requirements, the tested tops a runtime check."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    reqs = {Requirement(r).name: Requirement(r) for r in md.requires("token-compressor") or []
+            if Requirement(r).marker is None}
+    assert str(reqs["transformers"].specifier) == support.lower_bound(support.TRANSFORMERS_RANGE)
+    assert str(reqs["torch"].specifier) == support.lower_bound(support.TORCH_RANGE)
+
+
+def test_info_shows_the_untested_opt_in(capsys, monkeypatch):
+    monkeypatch.setenv("TOKEN_COMPRESSOR_ALLOW_UNTESTED", "1")
+    assert cli.main(["info"]) == 0
+    assert re.search(r"^untested\s+TOKEN_COMPRESSOR_ALLOW_UNTESTED=1", capsys.readouterr().out, re.M)
 
 
 def test_bench_runs_what_make_bench_runs(monkeypatch, capsys):

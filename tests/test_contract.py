@@ -16,10 +16,12 @@ Family-independent modes (assisted and prompt-lookup decoding, static cache, tor
 gradient checkpointing, position-id ranks, inputs_embeds) run on one family each, rotating, so
 that every family is also covered beyond the core modes.
 """
+import inspect
 import logging
 
 import pytest
 import torch
+import transformers
 
 import token_compressor as tc
 from oracles import SPECIAL, explicit_pruned_inputs, feature_inputs, features_input, greedy_uncached
@@ -28,6 +30,10 @@ from token_compressor import report
 
 NEW = 3  # new tokens per generate call
 OMNI = omni_here()
+# the KV cache's argument and output field: `past_key_values` up to transformers 5.23, `cache` from
+# 5.24 (the old argument name is deprecated there): the follow-up tests use this release's own name
+CACHE = ("cache" if "cache" in inspect.signature(transformers.Qwen2VLForConditionalGeneration.forward).parameters
+         else "past_key_values")
 
 
 _MODELS = {}
@@ -275,7 +281,9 @@ def test_forward_identity_with_outputs_labels_and_padding(family):
 def test_forward_equals_the_explicitly_pruned_prompt(family, method):
     model = model_of(family, "eager")
     sample = video(family)
-    oracle_inputs = explicit_pruned_inputs(model, sample, 0.5, method=method)
+    # the vision tower run as the patched (and the unpatched) forward runs it with these outputs asked
+    vision = {k: v for k, v in FORWARD.items() if k.startswith("output_")}
+    oracle_inputs = explicit_pruned_inputs(model, sample, 0.5, method=method, encoder_kwargs=vision)
     oracle_labels = text_labels(oracle_inputs)
     with torch.no_grad():
         ref = model(**oracle_inputs, labels=oracle_labels, **FORWARD)
@@ -562,6 +570,8 @@ def test_inputs_embeds_only_runs_unpatched_and_the_skip_is_counted(caplog):
     stats = tc.last_stats(model)
     assert stats["skipped"].startswith("inputs_embeds without input_ids")
     assert stats["visual_tokens_before"] == stats["visual_tokens_after"] == 16
+    L = embeds.shape[1]  # it ran as it came: the same shape after
+    assert (stats["width_before"], stats["width_after"], stats["row_lens_after"]) == (L, L, [L])
     assert summary["skipped_samples"] == 1 and summary["compressed_samples"] == 0
     assert "not compressible" in report.format_table(report.merge([summary]))
     model.model.rope_deltas = None
@@ -604,7 +614,7 @@ def test_continuing_from_a_compressed_cache_with_the_returned_ids(family):
     extra = ids.shape[1] - batch["input_ids"].shape[1]
     follow = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
                   mm_token_type_ids=torch.cat([batch["mm_token_type_ids"], torch.zeros(1, extra, dtype=torch.long)], 1))
-    second = model.generate(**follow, past_key_values=first.past_key_values, max_new_tokens=NEW, do_sample=False,
+    second = model.generate(**follow, **{CACHE: getattr(first, CACHE)}, max_new_tokens=NEW, do_sample=False,
                             suppress_tokens=SPECIAL,
                             return_dict_in_generate=True, output_logits=True)
     assert torch.equal(second.sequences[:, :ids.shape[1]], ids)
@@ -630,10 +640,10 @@ def test_continuing_a_compressed_cache_wrongly_is_a_clear_error():
     other = first.sequences.clone()
     other[0, 0] += 1
     with pytest.raises(ValueError, match="must be the ids the compressed generate returned"):
-        model.generate(input_ids=other, past_key_values=first.past_key_values, max_new_tokens=2)
+        model.generate(input_ids=other, **{CACHE: getattr(first, CACHE)}, max_new_tokens=2)
     with pytest.raises(ValueError, match="not new images or videos"):
         model.generate(**dict(batch, input_ids=first.sequences, attention_mask=torch.ones_like(first.sequences)),
-                       past_key_values=first.past_key_values, max_new_tokens=2)
+                       **{CACHE: getattr(first, CACHE)}, max_new_tokens=2)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl"])
@@ -673,12 +683,12 @@ def test_manual_decoding_loop_on_a_compressed_forward_cache():
     with torch.no_grad():
         out = model(**batch, use_cache=True)
     assert dropped_tokens(model) > 0
-    cache = out.past_key_values
+    cache = getattr(out, CACHE)
     ids, pos, mm = oracle["input_ids"], oracle["position_ids"], oracle["mm_token_type_ids"]
     for _ in range(NEW):
         nxt = out.logits[:, -1:].argmax(-1)
         with torch.no_grad():
-            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            out = model(input_ids=nxt, **{CACHE: cache}, use_cache=True)
         ids, mm = torch.cat([ids, nxt], 1), torch.cat([mm, torch.zeros_like(nxt)], 1)
         pos = torch.cat([pos, pos[..., -1:] + 1], -1)
         tc.revert(model)

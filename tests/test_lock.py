@@ -71,11 +71,15 @@ def test_support_ranges_are_the_locked_ends():
     assert (oldest["torch"], oldest["transformers"]) == ("2.11.0", "5.17.0")
     for lock in (main, oldest):
         assert support.torch_supported(lock["torch"]) and support.transformers_supported(lock["transformers"])
-    # the top of each range is the main lock's release line: the next minor is outside
+    # the top of the transformers range is the main lock's release line: the next minor is outside
     t = Version(main["transformers"])
     assert not support.transformers_supported(f"{t.major}.{t.minor + 1}.0")
+    # torch: one release line above the main lock's, which `make test-latest` tests without
+    # torchvision (none is built for it yet: the main lock keeps the pair torchvision has)
     p = Version(main["torch"])
-    assert not support.torch_supported(f"{p.major}.{p.minor + 1}.0")
+    assert support.torch_supported(f"{p.major}.{p.minor + 1}.0")
+    assert not support.torch_supported(f"{p.major}.{p.minor + 2}.0")
+    assert Version(main["torchvision"]).release[:2] == (0, p.minor + 15)  # 0.29 <-> 2.14: the pair
     # the bad filelock for lmms-eval 0.7.x is excluded, with its reason next to it
     assert Version(main["filelock"]) < Version("4.3") and Version(oldest["filelock"]) < Version("4.3")
     assert "filelock._api" in open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read()
@@ -133,3 +137,13 @@ def test_make_without_a_lock_is_a_clear_error(tmp_path):
     assert r.returncode != 0
     assert "requirements/main.lock is missing: run 'make lock'" in r.stderr
     assert not (tmp_path / ".venv").exists()  # nothing was installed unlocked
+
+
+def test_make_test_latest_sees_pypi_as_a_user_does():
+    """`make test-latest` must reach the newest torch: this machine kind's pip site configuration
+    caps it (a global `constraint` file), so the recipe runs pip with an empty configuration."""
+    makefile = open(os.path.join(ROOT, "Makefile"), encoding="utf-8").read()
+    recipe = makefile[makefile.index("\ntest-latest:"):]
+    recipe = recipe[:recipe.index("\n\n")]
+    assert "LATEST_PIP" in recipe and "LATEST_PIP = PIP_CONFIG_FILE=/dev/null" in makefile
+    assert "install -q --upgrade -e \".[test]\"" in recipe and "$(CORE_TESTS)" in recipe

@@ -251,9 +251,22 @@ def test_one_info_line_per_compressed_prefill(caplog):
 def test_loud_failures():
     model = tiny_model("qwen2_vl")
     model.config.model_type = "llava"
-    with pytest.raises(ValueError, match="unsupported model type 'llava'"):
+    with pytest.raises(ValueError, match="unsupported model type 'llava'") as e:
         tc.apply(model, "vidcom2", 0.25)
+    # the message names the model's class and every supported family with its class
+    from token_compressor.models import FAMILIES
+    from token_compressor.support import SUPPORTED_MODEL_TYPES
+
+    assert "cannot compress Qwen2VLForConditionalGeneration (model_type 'llava')" in str(e.value)
+    for name in SUPPORTED_MODEL_TYPES:
+        assert f"{name} ({FAMILIES[name].model_class().__name__})" in str(e.value)
     model.config.model_type = "qwen2_vl"
+    # the inner `...Model` (issue 23): named as such, not blamed on the transformers version
+    with pytest.raises(TypeError, match=r"got a Qwen2VLModel: pass the Qwen2VLForConditionalGeneration itself "
+                                        r"\(e.g. `tc.apply\(model\)`, not `tc.apply\(model.model\)`\)"):
+        tc.apply(model.model, "vidcom2", 0.25)
+    with pytest.raises(TypeError, match="got a Qwen2VLModel"):
+        tc.apply_to_qwen2_vl(model.model, method="vidcom2", ratio=0.25)
     with pytest.raises(ValueError, match="expected a qwen2_5_vl model"):
         tc.apply_to_qwen2_5_vl(model, method="vidcom2", ratio=0.25)
     with pytest.raises(tc.ConfigError, match="not a known compressor"):
@@ -271,11 +284,53 @@ def test_loud_failures():
 def test_unsupported_transformers_version_is_refused():
     from token_compressor.models import check_transformers_version
 
-    check_transformers_version("5.23.0")
-    check_transformers_version("5.17.0")
-    for version in ("4.57.1", "5.16.1", "5.24.0"):
-        with pytest.raises(RuntimeError, match=f"supports transformers >=5.17,<5.24.*found {version}"):
-            check_transformers_version(version)
+    check_transformers_version("5.25.0", "2.15.0")
+    check_transformers_version("5.17.0", "2.11.0+cu130")
+    for version in ("4.57.1", "5.16.1"):
+        with pytest.raises(RuntimeError, match=f"transformers {version} is older than .*transformers>=5.17,<5.26"):
+            check_transformers_version(version, "2.14.1")
+    with pytest.raises(RuntimeError, match="transformers 5.26.0 is newer than .*TOKEN_COMPRESSOR_ALLOW_UNTESTED=1"):
+        check_transformers_version("5.26.0", "2.14.1")
+    with pytest.raises(RuntimeError, match="torch 2.16.0 is newer than .*tested torch.*ALLOW_UNTESTED"):
+        check_transformers_version("5.25.0", "2.16.0")
+
+
+def test_untested_newer_release_runs_only_when_asked_with_a_loud_warning(caplog):
+    from token_compressor.config import ConfigError
+    from token_compressor.models import check_transformers_version
+
+    allow = {"TOKEN_COMPRESSOR_ALLOW_UNTESTED": "1"}
+    with caplog.at_level(logging.WARNING, logger="token_compressor"):
+        check_transformers_version("5.99.0", "2.14.1", environ=allow)
+        check_transformers_version("5.99.0", "2.14.1", environ=allow)  # warned once per release
+        check_transformers_version("5.25.0", "2.99.0", environ=allow)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "running on transformers 5.99.0, which is NOT tested" in warnings[0]
+    assert "running on torch 2.99.0, which is NOT tested" in warnings[1]
+    # an older release is never allowed: its seams are not the patched ones
+    with pytest.raises(RuntimeError, match="older than"):
+        check_transformers_version("5.16.1", "2.14.1", environ=allow)
+    with pytest.raises(RuntimeError, match="newer than"):
+        check_transformers_version("5.99.0", "2.14.1", environ={"TOKEN_COMPRESSOR_ALLOW_UNTESTED": "0"})
+    with pytest.raises(ConfigError, match="TOKEN_COMPRESSOR_ALLOW_UNTESTED='maybe' is not a switch"):
+        check_transformers_version("5.99.0", "2.14.1", environ={"TOKEN_COMPRESSOR_ALLOW_UNTESTED": "maybe"})
+
+
+def test_apply_on_an_untested_transformers_names_the_opt_in(monkeypatch):
+    """`tc.apply` on a newer transformers than tested: the error names the opt-in; with it the
+    model is patched and compresses."""
+    import transformers
+
+    model = tiny_model("qwen2_vl")
+    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    with pytest.raises(RuntimeError, match="TOKEN_COMPRESSOR_ALLOW_UNTESTED=1"):
+        tc.apply(model, "vidcom2", 0.5)
+    monkeypatch.setenv("TOKEN_COMPRESSOR_ALLOW_UNTESTED", "1")
+    tc.apply(model, "vidcom2", 0.5)
+    with torch.no_grad():
+        model(**batch_of(sample_for("qwen2_vl")))
+    assert tc.last_stats(model)["visual_tokens_after"] < tc.last_stats(model)["visual_tokens_before"]
 
 
 # -- every registered method, merging ones included (the merged rows replace the kept tokens'

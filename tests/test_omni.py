@@ -253,12 +253,15 @@ def test_class_level_ways_in_reach_thinker_and_whole_model(family, how, monkeypa
 
 
 def test_the_thinker_without_the_seams_is_refused_clearly():
-    """On every transformers: where the thinker has the seams, apply works; where it lacks them
-    (5.17-5.20), instance apply raises naming the missing seam and the release that has it, and
-    a class-level patch refuses the compressed call instead of running it uncompressed."""
+    """On every transformers: where the thinker has the seams, apply works and lmms-eval's guard
+    accepts thinker and whole model; where it lacks them (5.17-5.20), instance apply raises naming
+    the missing seam and the release that has it, a class-level patch refuses the compressed call
+    instead of running it uncompressed, and the guard stops such an lmms-eval run up front."""
     for family in OMNI_FAMILIES:
         model = tiny_thinker(family)
         batch = collate_omni([make_omni_sample(family, seed=1)])
+        # what the lmms-eval guard asks of the models a wrapper holds (a whole Omni model there)
+        assert runtime.compressible(model) is SEAMS and runtime.compressible(tiny_omni(family)) is SEAMS
         if SEAMS:
             assert tc.apply(model, "vidcom2", 0.25) is model
             tc.revert(model)

@@ -17,7 +17,8 @@ from token_compressor.models.patching import is_class_patched, settings_of
 from tiny_models import VIDEO, collate, make_sample, tiny_model
 
 ENV_KEYS = ("COMPRESSOR", "R_RATIO", "TOKEN_COMPRESSOR_REPORT", "TOKEN_COMPRESSOR_KERNELS", "EMC_SCREENER",
-            "DYCOKE_K", "visionzip_k_neighbors", "HOLITOM_T")
+            "DYCOKE_K", "visionzip_k_neighbors", "HOLITOM_T", "TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED",
+            "TOKEN_COMPRESSOR_ALLOW_UNTESTED")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -290,3 +291,90 @@ def test_launcher_errors_are_one_line_with_status_2(tmp_path):
     assert missing.returncode == 2 and "is not a file or a program on PATH" in missing.stderr
     usage = launch([], tmp_path)
     assert usage.returncode == 2 and usage.stderr.startswith("usage:")
+
+
+# -- never silently uncompressed: the run's model must be one we compress ----------------------
+
+def _wrapper_class():
+    """An lmms-eval model wrapper in lmms-eval's own shape: built by `create_from_arg_string`,
+    the HF model under `_model`, exposed (unwrapped) as `model`."""
+    from lmms_eval.api.model import lmms
+
+    class Wrapper(lmms):
+        def __init__(self, kind="qwen2_vl"):
+            super().__init__()
+            if kind == "qwen2_vl":
+                self._model = tiny_model("qwen2_vl")
+            else:  # a text-only Qwen2 LM: a model token-compressor does not compress
+                from transformers import Qwen2Config, Qwen2ForCausalLM
+
+                self._model = Qwen2ForCausalLM(Qwen2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                           num_attention_heads=2, num_key_value_heads=1, vocab_size=64,
+                                                           bos_token_id=None, eos_token_id=None))
+
+        @property
+        def model(self):
+            return self._model
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError
+
+        def generate_until(self, requests):
+            raise NotImplementedError
+
+        def generate_until_multi_round(self, requests):
+            raise NotImplementedError
+
+    return Wrapper
+
+
+def test_an_uncompressible_lmms_eval_model_stops_the_run_with_one_line(monkeypatch, capsys):
+    Wrapper = _wrapper_class()
+    monkeypatch.setenv("COMPRESSOR", "vidcom2")
+    assert runtime.lmms_eval_plugin() == []
+    assert isinstance(Wrapper.create_from_arg_string("kind=qwen2_vl"), Wrapper)  # a supported model goes on
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        Wrapper.create_from_arg_string("kind=qwen2")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("token_compressor: COMPRESSOR=vidcom2 cannot compress the lmms-eval model "
+                             "Wrapper: Qwen2ForCausalLM (model_type 'qwen2'); token_compressor compresses qwen2_vl "
+                             "(Qwen2VLForConditionalGeneration), ")
+    for family in FAMILIES.values():  # the supported list is support.SUPPORTED_MODEL_TYPES
+        assert f"{family.name} ({family.model_class().__name__})" in err[0]
+    assert "TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED=1" in err[0] and "before the first sample" in err[0]
+    assert runtime.finalize(argv=[], out=io.StringIO()) is None  # nothing ran: no run report
+    runtime.uninstall()  # the guard leaves lmms-eval as it was
+    assert Wrapper.create_from_arg_string("kind=qwen2").model.config.model_type == "qwen2"
+
+
+def test_no_compressor_no_guard(monkeypatch):
+    Wrapper = _wrapper_class()
+    assert runtime.lmms_eval_plugin() == []  # measuring only: any model may run
+    assert Wrapper.create_from_arg_string("kind=qwen2").model.config.model_type == "qwen2"
+
+
+def test_allowed_uncompressed_run_is_warned_and_counted(monkeypatch, caplog):
+    Wrapper = _wrapper_class()
+    monkeypatch.setenv("COMPRESSOR", "vidcom2")
+    monkeypatch.setenv("TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED", "1")
+    assert runtime.lmms_eval_plugin() == []
+    with caplog.at_level("WARNING", logger="token_compressor"):
+        Wrapper.create_from_arg_string("kind=qwen2")
+    assert "this run goes on UNCOMPRESSED" in caplog.text and "Qwen2ForCausalLM" in caplog.text
+    out = io.StringIO()
+    merged = runtime.finalize(argv=[], out=out)
+    assert merged["uncompressed_models"] == ["Wrapper: Qwen2ForCausalLM (model_type 'qwen2')"]
+    assert "UNCOMPRESSED models (allowed)" in out.getvalue()
+
+
+def test_allow_uncompressed_is_validated(monkeypatch):
+    monkeypatch.setenv("COMPRESSOR", "vidcom2")
+    monkeypatch.setenv("TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED", "perhaps")
+    with pytest.raises(SystemExit) as stop:  # at the entry point, before any model is built
+        runtime.lmms_eval_plugin()
+    assert stop.value.code == 2
+    with pytest.raises(tc.ConfigError, match="TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED='perhaps' is not a switch"):
+        runtime.install("test")

@@ -103,3 +103,40 @@ def save_checkpoint(folder, family="qwen2_5_vl"):
     proc = P(image_processor=image_proc, tokenizer=tok, video_processor=video_proc, chat_template=CHAT_TEMPLATE)
     proc.save_pretrained(folder)
     return folder
+
+# LLaVA's placeholders instead of Qwen's (what the LLaVA-OneVision processor expands)
+LLAVA_CHAT_TEMPLATE = (CHAT_TEMPLATE.replace("<|vision_start|><|video_pad|><|vision_end|>", "<video>")
+                       .replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>"))
+
+
+def save_llava_onevision_checkpoint(folder):
+    """A tiny random LLaVA-OneVision checkpoint (model + processor) in `folder`: a video model
+    that stock lmms-eval runs (`--model llava_hf`) and token-compressor does not compress."""
+    import torch
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor,
+                              Qwen2Config, SiglipVisionConfig)
+
+    folder = Path(folder)
+    tok = make_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": SPECIALS + ["<image>", "<video>"]})
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=32, patch_size=8)
+    text = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, vocab_size=len(tok))
+    cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text,
+                               image_token_index=tok.convert_tokens_to_ids("<image>"),
+                               video_token_index=tok.convert_tokens_to_ids("<video>"),
+                               vision_feature_layer=-1, image_grid_pinpoints=[[32, 32]])
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(folder)
+    square = {"height": 32, "width": 32}
+    proc = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=square, crop_size=square, image_grid_pinpoints=[[32, 32]]),
+        video_processor=LlavaOnevisionVideoProcessor(size=square), tokenizer=tok, num_image_tokens=16,
+        vision_feature_select_strategy="full", chat_template=LLAVA_CHAT_TEMPLATE)
+    proc.save_pretrained(folder)
+    return folder

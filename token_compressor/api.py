@@ -43,6 +43,15 @@ def _check_model(model, family) -> None:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type != family.name and model_type not in family.model_types:
         raise ValueError(f"expected a {family.name} model, got model_type {model_type!r}")
+    cls = family.model_class()
+    if not isinstance(model, cls):
+        # e.g. `apply(model.model)`: the inner `...Model` shares the config but has no generate,
+        # and the patches wrap the outer model's forward/generate
+        raise TypeError(
+            f"token_compressor patches the {cls.__name__} model (the one with the language-model head "
+            f"that from_pretrained / AutoModelForImageTextToText return); got a {type(model).__name__}: pass the "
+            f"{cls.__name__} itself (e.g. `tc.apply(model)`, not `tc.apply(model.model)`)"
+        )
     problem = patching.seam_problem(model, family)
     if problem is not None:
         raise RuntimeError(problem)
@@ -111,7 +120,7 @@ def apply(model, method: Optional[str] = None, ratio: Optional[float] = None, co
     (an unknown option or a value of the wrong type is a `ConfigError`). Calling `apply` again on
     a patched model changes its method/ratio without patching twice."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    family = family_for(model_type)
+    family = family_for(model_type, model)
     return _apply_family(family.name, model, method, ratio, compress_images, **options)
 
 
@@ -146,7 +155,9 @@ def apply_from_env() -> bool:
 
 def last_stats(model) -> Optional[dict]:
     """What the last compressed prefill of `model` did (visual tokens before/after, per sample
-    and per visual item, method, ratio, sequence lengths, time), or None if none ran."""
+    and per visual item, method, ratio, time; sequence lengths: `seq_len_before/after` attended
+    tokens of the batch, `width_before/after` the padded batch width, `row_lens_before/after`
+    attended tokens per row), or None if none ran."""
     return patching.last_stats(model)
 
 

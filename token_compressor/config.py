@@ -6,6 +6,8 @@
 | `R_RATIO`                 | a number in (0, 1]                         | 0.25    |
 | `TOKEN_COMPRESSOR_KERNELS`| `auto`, `triton` or `torch`                | `auto`  |
 | `TOKEN_COMPRESSOR_REPORT` | `1`/`on`/`true` or `0`/`off`/`false`       | `1` (the run report of lmms-eval runs and the launcher) |
+| `TOKEN_COMPRESSOR_ALLOW_UNTESTED` | a switch                           | off: a transformers or torch newer than the tested range is refused (docs/models.md, "Versions") |
+| `TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED` | a switch                       | off: with `COMPRESSOR` set, an lmms-eval or launcher run whose model cannot be compressed stops (status 2) |
 | the authors' hyperparameters of `dycoke`, `fastvid`, `visionzip`, `holitom` | see `METHOD_OPTIONS` below | the authors' defaults |
 | `TOKEN_COMPRESSOR_DYCOKE_KEEP_LAST_FRAME`, `TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET` | a switch | off (the authors' behaviour) |
 | `TOKEN_COMPRESSOR_HOLITOM_POSITIONS` | `linspace` or `centres` | `linspace` (the authors') |
@@ -117,6 +119,21 @@ def report_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
     (`TOKEN_COMPRESSOR_REPORT`, default on)."""
     env = os.environ if environ is None else environ
     return parse_switch(env.get("TOKEN_COMPRESSOR_REPORT"), "TOKEN_COMPRESSOR_REPORT", True)
+
+
+def allow_untested_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether a transformers/torch release NEWER than the tested ranges may run anyway
+    (`TOKEN_COMPRESSOR_ALLOW_UNTESTED`, default off; a loud WARNING says so when used)."""
+    env = os.environ if environ is None else environ
+    return parse_switch(env.get("TOKEN_COMPRESSOR_ALLOW_UNTESTED"), "TOKEN_COMPRESSOR_ALLOW_UNTESTED", False)
+
+
+def allow_uncompressed_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether a run with `COMPRESSOR` set may go on, uncompressed, with a model token-compressor
+    cannot compress (`TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED`, default off: the run stops before the
+    first sample; when on, a WARNING says so and the run report counts it)."""
+    env = os.environ if environ is None else environ
+    return parse_switch(env.get("TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED"), "TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED", False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,6 +112,13 @@ class Recorder:
             self.paths: Dict[str, int] = {}
             self.model_types: Dict[str, int] = {}
             self.methods: Dict[str, int] = {}
+            # models allowed to run uncompressed (TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED=1): name -> times seen
+            self.uncompressed_models: Dict[str, int] = {}
+
+    def note_uncompressed(self, name: str) -> None:
+        """A model token-compressor cannot compress ran uncompressed with COMPRESSOR set, as allowed."""
+        with self._lock:
+            self.uncompressed_models[name] = self.uncompressed_models.get(name, 0) + 1
 
     # -- one generate call ------------------------------------------------------------------
     def begin(self, model) -> _Call:
@@ -173,6 +180,7 @@ class Recorder:
                 "Peak_mem_MB": self.peak_mem_mb,
                 "eval_paths": dict(self.paths),
                 "model_types": dict(self.model_types),
+                "uncompressed_models": dict(self.uncompressed_models),
                 "screening": screening,
             }
 
@@ -209,6 +217,7 @@ def merge(summaries: Sequence[dict]) -> dict:
         "generate_calls": sum(s["generate_calls"] for s in summaries),
         "compressed_samples": sum(s["compressed_samples"] for s in summaries),
         "skipped_samples": sum(s.get("skipped_samples", 0) for s in summaries),
+        "uncompressed_models": sorted(_sum_dicts([s.get("uncompressed_models") for s in summaries])),
         "visual_tokens_before": before,
         "visual_tokens_after": after,
         "achieved_ratio": (after / before) if before else None,
@@ -265,6 +274,8 @@ def format_table(report: dict) -> str:
     ]
     if report.get("skipped_samples"):
         rows.insert(6, ("not compressible (ran as is)", str(report["skipped_samples"])))
+    if report.get("uncompressed_models"):
+        rows.insert(5, ("UNCOMPRESSED models (allowed)", ", ".join(report["uncompressed_models"])))
     scr = report.get("screening")
     if scr:
         rows += [

@@ -7,9 +7,15 @@ Two ways in, one code path (`install`):
   for lmms-eval versions without entry points.
 
 `install` validates every variable first (COMPRESSOR, R_RATIO, TOKEN_COMPRESSOR_KERNELS,
-TOKEN_COMPRESSOR_REPORT, EMC_*), then patches the Qwen-VL classes (compressing when `COMPRESSOR`
-is set; measuring only otherwise, which is bitwise the unpatched model), installs EMC screening in
-front of the model when `EMC_SCREENER` is set, and registers the run report printed at exit.
+TOKEN_COMPRESSOR_REPORT, TOKEN_COMPRESSOR_ALLOW_*, EMC_*), then patches the Qwen-VL classes
+(compressing when `COMPRESSOR` is set; measuring only otherwise, which is bitwise the unpatched
+model), installs EMC screening in front of the model when `EMC_SCREENER` is set, and registers
+the run report printed at exit.
+
+Never silently uncompressed: with `COMPRESSOR` set, every model lmms-eval builds is checked as it
+is built (`stop_unless_compressible`): one it cannot compress stops the run before the first sample
+with one line and status 2, unless `TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED=1` (a WARNING, and the run
+report lists it).
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ import time
 from typing import Optional
 
 from . import report
-from .config import ConfigError, from_env, report_from_env, screening_from_env
+from .config import (ConfigError, allow_uncompressed_from_env, allow_untested_from_env, from_env, report_from_env,
+                     screening_from_env)
 
 logger = logging.getLogger("token_compressor")
 
@@ -46,6 +53,8 @@ def install(source: str) -> None:
         cfg = from_env()
         screening = screening_from_env()
         want_report = report_from_env()
+        allow_uncompressed_from_env()  # validated now, read where a model is checked
+        allow_untested_from_env()
 
         from .api import apply_from_env
         from .models import FAMILIES, check_transformers_version
@@ -54,6 +63,7 @@ def install(source: str) -> None:
 
         if cfg.enabled:
             apply_from_env()
+            _guard_lmms_eval_models()
         elif want_report:
             # measure only: the wrappers call the original untouched (tested bitwise equal)
             check_transformers_version()
@@ -73,6 +83,103 @@ def install(source: str) -> None:
                     cfg.compressor or "off", cfg.ratio if cfg.enabled else "-", screening.screener, want_report)
 
 
+class Uncompressible(SystemExit):
+    """The run's model cannot be compressed and TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED is off: stops
+    the process with status 2 (a SystemExit, which lmms-eval does not catch)."""
+
+
+def compressible(model) -> bool:
+    """Whether `model` is a class token-compressor patches (a supported `...ForConditionalGeneration`,
+    or a whole Omni model whose thinker is one) with the seams the patches use on this
+    transformers (the Omni thinkers have them from 5.21)."""
+    from .models import FAMILIES
+    from .models.patching import compressed_part, seam_problem
+
+    classes = [f.model_class() for f in FAMILIES.values()]
+    classes += [f.composite.model_class() for f in FAMILIES.values() if f.composite is not None]
+    return isinstance(model, tuple(classes)) and seam_problem(compressed_part(model)) is None
+
+
+def _torch_models_of(lm) -> list:
+    """The torch modules an lmms-eval model wrapper holds (its `model` property, which unwraps
+    accelerate, first); empty for API-backed wrappers."""
+    import torch
+
+    found = []
+    try:
+        model = getattr(lm, "model", None)
+    except Exception:  # noqa: BLE001 - a property of a wrapper without a local model may raise
+        model = None
+    for value in [model, *vars(lm).values()]:
+        if isinstance(value, torch.nn.Module) and all(value is not f for f in found):
+            found.append(value)
+    return found
+
+
+def _describe(model) -> str:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return type(model).__name__ + (f" (model_type {model_type!r})" if model_type else "")
+
+
+def stop_unless_compressible(lm, where: str) -> None:
+    """With COMPRESSOR set: return when `lm` (an lmms-eval model wrapper) holds a model
+    token-compressor compresses. Otherwise print ONE line naming the model class and what is
+    supported and stop the process with status 2, before the first sample; or, with
+    TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED=1, log a WARNING, count it in the run report and go on."""
+    from .models import supported_summary
+
+    cfg = _STATE["config"]
+    if cfg is None or not cfg.enabled:
+        return
+    models = _torch_models_of(lm)
+    if any(compressible(m) for m in models):
+        return
+    held = ", ".join(_describe(m) for m in models) or "no local torch model"
+    name = f"{type(lm).__name__}: {held}"
+    line = (f"token_compressor: COMPRESSOR={cfg.compressor} cannot compress the {where} model {name}; "
+            f"token_compressor compresses {supported_summary()}")
+    if allow_uncompressed_from_env():
+        logger.warning("%s. TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED=1: this run goes on UNCOMPRESSED", line)
+        report.RECORDER.note_uncompressed(name)
+        return
+    _STATE["finalized"] = True  # nothing ran: no run report at exit, the one line says it all
+    sys.stderr.write(f"{line} (set TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED=1 to run it uncompressed; "
+                     "stopping the run before the first sample)\n")
+    sys.stderr.flush()
+    raise Uncompressible(2)
+
+
+def _guard_lmms_eval_models() -> None:
+    """Check every lmms-eval model as soon as lmms-eval builds it (`lmms.create_from_arg_string`
+    / `create_from_arg_object`, the classmethods `simple_evaluate` builds models with): before
+    any dataset is loaded or sample generated. Nothing to do without lmms-eval."""
+    try:
+        from lmms_eval.api.model import lmms
+    except Exception:  # noqa: BLE001 - no (working) lmms-eval: the guard has nothing to guard
+        return
+    for name in ("create_from_arg_string", "create_from_arg_object"):
+        original = lmms.__dict__.get(name)
+        if not isinstance(original, classmethod) or getattr(original.__func__, "_token_compressor_guard", False):
+            continue
+
+        def build(cls, *args, _original=original.__func__, **kwargs):
+            lm = _original(cls, *args, **kwargs)
+            stop_unless_compressible(lm, "lmms-eval")
+            return lm
+
+        build._token_compressor_guard = True
+        build.__wrapped__ = original.__func__
+        setattr(lmms, name, classmethod(build))
+
+
+def _unguard_lmms_eval_models() -> None:
+    lmms = getattr(sys.modules.get("lmms_eval.api.model"), "lmms", None)
+    for name in ("create_from_arg_string", "create_from_arg_object"):
+        current = lmms.__dict__.get(name) if lmms is not None else None
+        if isinstance(current, classmethod) and getattr(current.__func__, "_token_compressor_guard", False):
+            setattr(lmms, name, classmethod(current.__func__.__wrapped__))
+
+
 def uninstall() -> None:
     """Undo `install` in this process: class patches reverted, screening hook removed, the
     report deactivated and reset (it will not print at exit)."""
@@ -83,6 +190,7 @@ def uninstall() -> None:
         from .screening.inject import uninstall_processor_hook
 
         revert()
+        _unguard_lmms_eval_models()
         uninstall_processor_hook()
         report.RECORDER.active = False
         report.RECORDER.reset()

@@ -21,6 +21,7 @@ import torch
 
 import token_compressor as tc
 
+from ..models.pruning import cache_of
 from .timing import device_median_ms, interleaved_best, sync
 
 
@@ -145,7 +146,7 @@ def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = 2, new_token
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         out = fns[name]()
-        kv = kv_bytes(out.past_key_values)
+        kv = kv_bytes(cache_of(out))
         full_kv = kv if r is None else full_kv
         row = {
             "config": name,
@@ -265,7 +266,7 @@ def measure_batch(model, inputs: dict, ratio: float = 0.25, repeats: int = 2, wa
         rows, full_kv = [], None
         for name, (method, r) in configs.items():
             out = fns[name]()
-            kv = kv_bytes(out.past_key_values)
+            kv = kv_bytes(cache_of(out))
             stats = tc.last_stats(model) if r is not None else None
             full_kv = kv if r is None else full_kv
             rows.append({

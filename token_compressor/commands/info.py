@@ -54,6 +54,7 @@ def collect() -> dict:
 
     import token_compressor as tc
 
+    from ..config import allow_untested_from_env
     from ..support import (SUPPORTED_MODEL_TYPES, TORCH_RANGE, TRANSFORMERS_RANGE, torch_supported,
                            transformers_supported)
 
@@ -68,6 +69,8 @@ def collect() -> dict:
         "transformers": transformers.__version__,
         "transformers_range": TRANSFORMERS_RANGE,
         "transformers_supported": transformers_supported(transformers.__version__),
+        # TOKEN_COMPRESSOR_ALLOW_UNTESTED=1: a newer, untested release runs anyway (with a WARNING)
+        "allow_untested": allow_untested_from_env(),
         "model_families": list(SUPPORTED_MODEL_TYPES),
         "compressors": tc.available_compressors(),
         "cuda": cuda,
@@ -90,6 +93,8 @@ def format_text(info: dict) -> str:
                   f"{'yes' if info['torch_supported'] else 'NO'})"),
         ("transformers", f"{info['transformers']} (tested range {info['transformers_range']}: "
                          f"{'yes' if info['transformers_supported'] else 'NO'})"),
+        *((("untested", "TOKEN_COMPRESSOR_ALLOW_UNTESTED=1: releases outside the tested ranges run anyway"),)
+          if info.get("allow_untested") else ()),
         ("model families", ", ".join(info["model_families"])),
         ("compressors", ", ".join(info["compressors"])),
         ("CUDA", yes(info["cuda"], info["cuda_detail"])),

@@ -26,7 +26,7 @@ from typing import Dict, Optional
 import torch
 
 from .. import report
-from .pruning import (CompressedPrompt, PrefillStats, Settings, compress_prefill, encoder_outputs_handover,
+from .pruning import (CompressedPrompt, PrefillStats, Settings, cache_of, compress_prefill, encoder_outputs_handover,
                       skip_reason, translate_continuation, visual_tokens_in)
 
 logger = logging.getLogger("token_compressor")
@@ -73,13 +73,13 @@ def _has_visual_input(kwargs, settings: Settings) -> bool:
 
 
 def _cache_len(kwargs) -> int:
-    cache = kwargs.get("past_key_values")
+    cache = cache_of(kwargs)
     return 0 if cache is None or not hasattr(cache, "get_seq_length") else int(cache.get_seq_length())
 
 
 def _prompt_of(kwargs) -> Optional[CompressedPrompt]:
     """The compressed prompt a filled cache holds (None for an empty or ordinary cache)."""
-    cache = kwargs.get("past_key_values")
+    cache = cache_of(kwargs)
     record = getattr(cache, ATTR_PROMPT, None)
     if record is not None and _cache_len(kwargs) == 0:  # the cache was reset: a fresh prompt
         delattr(cache, ATTR_PROMPT)
@@ -156,6 +156,14 @@ def _check_seams(model, family) -> None:
 def _skip(model, settings: Settings, kwargs, reason: str) -> PrefillStats:
     n = visual_tokens_in(model, kwargs, settings)
     stats = PrefillStats(method=settings.method, ratio=settings.ratio, before=n, after=n, skipped=reason)
+    rows = kwargs.get("input_ids") if isinstance(kwargs.get("input_ids"), torch.Tensor) else kwargs.get("inputs_embeds")
+    if isinstance(rows, torch.Tensor) and rows.dim() >= 2:  # it runs as it came: the same shape after
+        mask = kwargs.get("attention_mask")
+        lens = (mask.bool().sum(1).tolist() if isinstance(mask, torch.Tensor) and mask.dim() == 2
+                else [int(rows.shape[1])] * int(rows.shape[0]))
+        stats.width_before = stats.width_after = int(rows.shape[1])
+        stats.row_lens_before, stats.row_lens_after = lens, list(lens)
+        stats.seq_len_before = stats.seq_len_after = int(sum(lens))
     _record(model, stats)
     return stats
 
@@ -185,7 +193,7 @@ def make_forward(original, family):
         _record(self, stats)
         with _Guard(), encoder_outputs_handover(self, family, new_kwargs) as call:
             out = original(self, **call)
-        _remember(record, getattr(out, "past_key_values", None), kwargs.get("past_key_values"))
+        _remember(record, cache_of(out), cache_of(kwargs))
         return out
 
     setattr(forward, ATTR_WRAPPED, original)
@@ -240,7 +248,7 @@ def _run(self, original, family, kwargs, record: CompressedPrompt, prompt: torch
     kwargs = _shift_lengths(self, kwargs, record.width_delta)
     with _Guard(), encoder_outputs_handover(self, family, kwargs) as call:
         out = original(self, **call)
-    _remember(record, getattr(out, "past_key_values", None), kwargs.get("past_key_values"))
+    _remember(record, cache_of(out), cache_of(kwargs))
     return _with_prompt(out, prompt, kwargs["input_ids"].shape[1])
 
 

@@ -188,9 +188,38 @@ def check_placeholders(model, input_ids: torch.Tensor, encoded: Dict[str, Any]) 
             )
 
 
+# transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache`
+# (the old argument name is still accepted, with a FutureWarning, until 5.40)
+CACHE_NAMES = ("cache", "past_key_values")
+
+
+def cache_of(call_or_output) -> Any:
+    """The KV cache in a call's keyword arguments or a model/generate output, under whichever
+    name this transformers uses (None when there is none)."""
+    for name in CACHE_NAMES:
+        value = (call_or_output.get(name) if isinstance(call_or_output, dict)
+                 else getattr(call_or_output, name, None))
+        if value is not None:
+            return value
+    return None
+
+
 def _call_with(fn, **kwargs):
-    """Call `fn` with the keyword arguments its signature names (the families' signatures differ)."""
+    """Call `fn` with the keyword arguments its signature names: the families' signatures differ,
+    and so do transformers releases (5.24 renamed `past_key_values` to `cache`, and Qwen2.5-VL's
+    `compute_3d_position_ids` takes it without a default). An argument `fn` requires that is not
+    among `kwargs` is a seam this library does not know: a clear error, not a TypeError deep
+    inside transformers."""
     params = inspect.signature(fn).parameters
+    missing = [name for name, p in params.items()
+               if p.default is inspect.Parameter.empty and name not in kwargs and name != "self"
+               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    if missing:
+        raise RuntimeError(
+            f"token_compressor: transformers' {getattr(fn, '__qualname__', fn)}() requires {', '.join(missing)}, "
+            "which this token_compressor does not know how to fill: this transformers release changed the "
+            "seam (see docs/models.md, 'Versions')"
+        )
     return fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
@@ -209,7 +238,7 @@ def unpatched_positions(model, input_ids, attention_mask, kwargs, for_generate: 
         return model._prepare_position_ids_for_generation(input_ids, model_kwargs)
     pos = _call_with(model.model.compute_3d_position_ids, input_ids=input_ids, attention_mask=kwargs.get("attention_mask"),
                      mm_token_type_ids=kwargs.get("mm_token_type_ids"), inputs_embeds=kwargs.get("inputs_embeds"),
-                     past_key_values=None,
+                     **{name: None for name in CACHE_NAMES},  # a prefill: no cache yet
                      **grids, **extra)
     if pos is None:  # transformers falls back to text positions, the same on all three axes
         B, L = input_ids.shape
