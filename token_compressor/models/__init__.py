@@ -59,15 +59,17 @@ def check_transformers_version(version: str = None, torch_version: str = None, e
 
 
 def _classes(family: Family) -> str:
+    named = f"{family.name} ({family.model_class().__name__})"
     if family.composite is None:
-        return family.model_class().__name__
-    return f"{family.composite.model_class().__name__} or its {family.composite.part} {family.model_class().__name__}"
+        return named
+    return f"{named} and the whole {family.composite.model_class().__name__}"
 
 
 def supported_summary() -> str:
     """`qwen2_vl (Qwen2VLForConditionalGeneration), ...`: what can be compressed (from
-    SUPPORTED_MODEL_TYPES, so it grows with the families)."""
-    return ", ".join(f"{f.name} ({_classes(f)})" for f in FAMILIES.values())
+    SUPPORTED_MODEL_TYPES, so it grows with the families; an Omni family names its thinker and
+    the whole model)."""
+    return ", ".join(_classes(f) for f in FAMILIES.values())
 
 
 def family_for(model_type: str, model=None) -> Family:
