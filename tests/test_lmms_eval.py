@@ -48,7 +48,8 @@ def runs(tmp_path_factory):
             "qwen2_vl": (H.lmms_eval_command("qwen2_vl", ck["qwen2_vl"], task, root / "out_qwen2_vl"), compress),
             "qwen2_5_vl": (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_qwen2_5_vl"), compress),
             "qwen3_vl": (H.lmms_eval_command("qwen3_vl", ck["qwen3_vl"], task, root / "out_qwen3_vl"), compress),
-            "baseline": (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_baseline"), {}),
+            "baseline": (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_baseline"),
+                         {"TOKEN_COMPRESSOR_REPORT": "1"}),
             "launcher_simple": (H.lmms_eval_command("qwen2_5_vl", ck["qwen2_5_vl"], task, root / "out_launcher",
                                                     force_simple=True, launcher=True),
                                 {"COMPRESSOR": "vidcom2", "R_RATIO": "0.5"}),
@@ -100,6 +101,10 @@ def test_stock_lmms_eval_runs_compressed(runs, family, path):
     assert rep["compressor"] == "vidcom2" and rep["ratio"] == 0.25
     assert rep["eval_path"] == path and rep["model_types"] == [family]
     assert rep["samples"] == rep["compressed_samples"] == 2 and rep["world_size"] == 1
+    # per sample, keyed by lmms-eval's own doc ids
+    assert [(r["task"], r["doc_id"]) for r in rep["per_sample"]] == [(H.TASK, 0), (H.TASK, 1)]
+    assert sum(r["visual_tokens_after"] for r in rep["per_sample"]) == rep["visual_tokens_after"]
+    assert sum(r["visual_tokens_before"] for r in rep["per_sample"]) == rep["visual_tokens_before"]
     assert rep["visual_tokens_before"] == BEFORE[family]
     after = rep["visual_tokens_after"]
     assert abs(after - 0.25 * BEFORE[family]) <= ROUNDING and after < BEFORE[family]

@@ -131,7 +131,7 @@ def test_check_venv_refuses_a_stale_venv_and_a_missing_lock(tmp_path, capsys):
 
 
 def test_make_without_a_lock_is_a_clear_error(tmp_path):
-    for name in ("Makefile", "setup.py"):
+    for name in ("Makefile", "setup.py", "pyproject.toml"):
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     r = subprocess.run(["make", "-C", str(tmp_path), "test"], capture_output=True, text=True)
     assert r.returncode != 0

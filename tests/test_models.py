@@ -48,7 +48,10 @@ def test_patched_but_off_is_bitwise_identical(family, how, monkeypatch):
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, ref_logits)
     assert torch.equal(model.generate(**batch, max_new_tokens=5, do_sample=False), ref_ids)
-    assert tc.last_stats(model) is None
+    # measured with the same code as a compressed call: every visual token kept
+    stats = tc.last_stats(model)
+    assert stats["method"] == "none" and stats["kept_fraction"] == 1.0
+    assert stats["visual_tokens_before"] == stats["visual_tokens_after"] == int((batch["input_ids"] == VIDEO).sum())
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -112,6 +112,7 @@ def test_plugin_never_raises_when_nothing_was_asked(monkeypatch, caplog):
         raise RuntimeError("token_compressor supports transformers >=5.0,<6; found 4.57.0")
 
     monkeypatch.setattr("token_compressor.models.check_transformers_version", broken)
+    monkeypatch.setenv("TOKEN_COMPRESSOR_REPORT", "1")  # measuring a baseline was asked for
     assert runtime.lmms_eval_plugin() == []  # measuring only: a warning, lmms-eval carries on
     assert "run report not installed" in caplog.text and not runtime.installed()
     monkeypatch.setenv("COMPRESSOR", "vidcom2")  # asked for compression: the same failure stops the run
@@ -129,11 +130,12 @@ def test_report_off_and_no_compressor_patches_nothing(monkeypatch):
 
 # -- what the recorder measures ----------------------------------------------------------------
 
-def test_measuring_only_is_bitwise_the_unpatched_model_and_counts_video_tokens():
+def test_measuring_only_is_bitwise_the_unpatched_model_and_counts_video_tokens(monkeypatch):
     model = tiny_model("qwen2_5_vl")
     batch = batch_for("qwen2_5_vl")
     expected = model.generate(**batch, max_new_tokens=4, do_sample=False)
-    runtime.install("test")  # no COMPRESSOR: measure only
+    monkeypatch.setenv("TOKEN_COMPRESSOR_REPORT", "1")
+    runtime.install("test")  # no COMPRESSOR, the report asked for: measure only
     out = model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert torch.equal(out, expected)
     s = report.RECORDER.summary(compressor=None, ratio=None)
@@ -380,3 +382,86 @@ def test_allow_uncompressed_is_validated(monkeypatch):
     assert stop.value.code == 2
     with pytest.raises(tc.ConfigError, match="TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED='perhaps' is not a switch"):
         runtime.install("test")
+
+
+def _finalized(monkeypatch, method, ratio="0.25", **env):
+    monkeypatch.setenv("COMPRESSOR", method)
+    monkeypatch.setenv("R_RATIO", ratio)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    runtime.install("test")
+    model = tiny_model("qwen2_vl")
+    model.generate(**collate([make_sample("qwen2_vl", [(8, 8, 8)], seed=1)]), max_new_tokens=2, do_sample=False)
+    out = io.StringIO()
+    merged = runtime.finalize(argv=["prog"], out=out)
+    return merged, out.getvalue()
+
+
+def test_finalize_warns_when_the_achieved_ratio_is_far_from_r_ratio(monkeypatch):
+    merged, text = _finalized(monkeypatch, "dycoke")
+    # DyCoke's published budget: about (1 + r)/2 of 8 temporal patches of 16 tokens
+    assert merged["achieved_ratio"] - 0.25 > report.RATIO_MARGIN
+    line = [l for l in text.splitlines() if "achieved ratio" in l and "WARNING" in l]
+    assert len(line) == 1 and "R_RATIO=0.25 by more than 0.05" in line[0] and "DyCoke's published budget" in line[0]
+
+
+def test_no_ratio_warning_when_the_method_keeps_what_was_asked(monkeypatch):
+    merged, text = _finalized(monkeypatch, "uniform")
+    assert abs(merged["achieved_ratio"] - 0.25) <= report.RATIO_MARGIN
+    assert "WARNING" not in text
+
+
+def test_ratio_gap_reasons():
+    base = {"ratio": 0.25, "compressed_samples": 3}
+    assert report.ratio_gap_warning({**base, "compressor": "holitom", "achieved_ratio": 0.8}).count("HoliTom") == 1
+    assert "FILL_BUDGET=1" in report.ratio_gap_warning({**base, "compressor": "fastvid", "achieved_ratio": 0.15})
+    assert report.ratio_gap_warning({**base, "compressor": "vidcom2", "achieved_ratio": 0.29}) is None
+    assert report.ratio_gap_warning({**base, "compressor": "x", "achieved_ratio": 0.5}).endswith("x's own budget rule")
+
+
+def test_per_sample_kept_counts_are_keyed_by_lmms_eval_doc_ids(monkeypatch):
+    """Called from an lmms-eval wrapper (a function of an `lmms_eval.models.chat.*` module whose
+    locals hold the chunk's `doc_id` and `task`, as every Qwen wrapper's do), each row of the batch
+    is recorded under its document; a plain Python caller records none."""
+    monkeypatch.setenv("COMPRESSOR", "vidcom2")
+    runtime.install("test")
+    model = tiny_model("qwen2_vl")
+    batch = collate([make_sample("qwen2_vl", [(4, 4, 4)], seed=1), make_sample("qwen2_vl", [(2, 4, 4)], seed=2)])
+    wrapper = {"__name__": "lmms_eval.models.chat.fake_qwen", "model": model, "batch": batch}
+    exec("def generate_until():\n"
+         "    doc_id, task, split = (7, 3), ('videomme', 'videomme'), ('test', 'test')\n"
+         "    return model.generate(**batch, max_new_tokens=2, do_sample=False)\n", wrapper)
+    wrapper["generate_until"]()
+    stats = tc.last_stats(model)
+    model.generate(**batch, max_new_tokens=2, do_sample=False)  # not lmms-eval: no rows
+    merged = report.merge([report.RECORDER.summary(compressor="vidcom2", ratio=0.25)])
+    expected = [{"task": "videomme", "doc_id": d, "visual_tokens_before": sum(v["before"] for v in row),
+                 "visual_tokens_after": sum(v["after"] for v in row)}
+                for d, row in zip((7, 3), stats["per_sample"])]
+    assert merged["per_sample"] == sorted(expected, key=lambda r: str(r["doc_id"]))
+    assert [r["visual_tokens_before"] for r in expected] == [16, 8]
+    assert all(r["visual_tokens_after"] < r["visual_tokens_before"] for r in expected)
+    assert "per_sample" not in merged["per_rank"][0]
+
+
+def test_a_run_that_asked_for_nothing_is_left_alone(tmp_path):
+    """No COMPRESSOR, no EMC_SCREENER, no TOKEN_COMPRESSOR_REPORT: the program runs unpatched, and
+    neither a table, a file nor a line of ours appears (the entry point runs the same `install`)."""
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        sys.path.insert(0, {tests!r})
+        from tiny_models import collate, make_sample, tiny_model
+        from transformers import Qwen2VLForConditionalGeneration as C
+        from token_compressor.models.patching import is_class_patched
+        model = tiny_model("qwen2_vl")
+        model.generate(**collate([make_sample("qwen2_vl", [(4, 4, 4)])]), max_new_tokens=2, do_sample=False)
+        print("PATCHED", is_class_patched(C))
+    """).format(tests=str(REPO / "tests")))
+    proc = launch([str(script), "--output_path", str(tmp_path / "out")], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "PATCHED False" in proc.stdout
+    assert "token-compressor run report" not in proc.stdout and "token_compressor" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()
+    asked = launch([str(script), "--output_path", str(tmp_path / "out")], tmp_path, TOKEN_COMPRESSOR_REPORT="1")
+    assert "token-compressor run report" in asked.stdout  # a baseline measured when asked for

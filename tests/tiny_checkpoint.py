@@ -63,8 +63,10 @@ def make_tokenizer():
     return tok
 
 
-def save_checkpoint(folder, family="qwen2_5_vl"):
-    """Save a tiny random model and a working processor into `folder`."""
+def save_checkpoint(folder, family="qwen2_5_vl", configure=None):
+    """Save a tiny random model and a working processor into `folder`. `configure(cfg)`, when
+    given, may change the model config before the weights are drawn (e.g. vLLM's CPU attention
+    needs a text head size >= 32)."""
     import torch
     from transformers import AutoProcessor, Qwen2VLImageProcessor
 
@@ -81,6 +83,8 @@ def save_checkpoint(folder, family="qwen2_5_vl"):
     cfg.text_config.pad_token_id = ids["<|endoftext|>"]
     cfg.text_config.eos_token_id = ids["<|im_end|>"]
     cfg.text_config.bos_token_id = None
+    if configure is not None:
+        configure(cfg)
     from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(0)

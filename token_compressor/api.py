@@ -12,7 +12,15 @@ from .models.pruning import Settings
 logger = logging.getLogger("token_compressor")
 
 
-def _settings(method, ratio, compress_images: bool, options: dict) -> Settings:
+def describe(settings: Settings) -> str:
+    """One line of what a patch does: method, ratio, options."""
+    if not settings.enabled:
+        return f"{settings.method or 'compression off'} (every visual token kept)"
+    opts = ", ".join(f"{k}={v}" for k, v in settings.options)
+    return f"{settings.method} at r={settings.ratio:g} (options: {opts or 'defaults'})"
+
+
+def _settings(method, ratio, compress_images: bool, options: dict, keep_indices: bool = False) -> Settings:
     """Explicit arguments win; what is not given comes from the environment configuration. The
     method's own variables (`DYCOKE_K`, `HOLITOM_T`, ...) apply when the method itself comes
     from the environment (`COMPRESSOR`); explicit options override them."""
@@ -34,9 +42,10 @@ def _settings(method, ratio, compress_images: bool, options: dict) -> Settings:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if name is None:
-        logger.warning("token_compressor: no method given and COMPRESSOR is unset: the model is patched but "
+        logger.warning("no method given and COMPRESSOR is unset: the model is patched but "
                        "compression is off (pass method=..., or set COMPRESSOR)")
-    return Settings(method=name, ratio=r, compress_images=bool(compress_images), options=tuple(sorted(options.items())))
+    return Settings(method=name, ratio=r, compress_images=bool(compress_images), options=tuple(sorted(options.items())),
+                    keep_indices=bool(keep_indices))
 
 
 def _check_model(model, family) -> None:
@@ -57,14 +66,18 @@ def _check_model(model, family) -> None:
         raise RuntimeError(problem)
 
 
-def _apply_family(name: str, model=None, method=None, ratio=None, compress_images=False, **options):
+def _apply_family(name: str, model=None, method=None, ratio=None, compress_images=False, keep_indices=False,
+                  announce=True, **options):
     check_transformers_version()
     family = FAMILIES[name]
-    settings = _settings(method, ratio, compress_images, options)
+    settings = _settings(method, ratio, compress_images, options, keep_indices)
     if model is None:
-        patching.patch_class(family.model_class(), family, settings)
+        cls = family.model_class()
+        patching.patch_class(cls, family, settings)
         if family.composite is not None:
             patching.patch_composite_class(family)
+        if announce:
+            logger.info("%s patched into the class %s (every instance)", describe(settings), cls.__name__)
         return None
     target = model
     if family.composite is not None and isinstance(model, family.composite.model_class()):
@@ -74,58 +87,65 @@ def _apply_family(name: str, model=None, method=None, ratio=None, compress_image
     patching.patch_instance(target, family, settings)
     if target is not model:
         patching.patch_composite_instance(model, family)
+    if announce:
+        logger.info("%s patched into this %s", describe(settings), type(target).__name__)
     return model
 
 
 def apply_to_qwen2_vl(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
-                      compress_images: bool = False, **options):
+                      compress_images: bool = False, keep_indices: bool = False, **options):
     """Patch Qwen2-VL: the class when `model` is None (every model, existing or built later), else
     this instance. Method/ratio default to the environment configuration (`COMPRESSOR`,
-    `R_RATIO`). Calling again only changes the settings. Extra options go to the compressor."""
-    return _apply_family("qwen2_vl", model, method, ratio, compress_images, **options)
+    `R_RATIO`). Calling again only changes the settings. Extra options go to the compressor.
+    `keep_indices=True` adds each video's kept rows and positions to `last_stats`."""
+    return _apply_family("qwen2_vl", model, method, ratio, compress_images, keep_indices, **options)
 
 
 def apply_to_qwen2_5_vl(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
-                        compress_images: bool = False, **options):
+                        compress_images: bool = False, keep_indices: bool = False, **options):
     """As `apply_to_qwen2_vl`, for Qwen2.5-VL."""
-    return _apply_family("qwen2_5_vl", model, method, ratio, compress_images, **options)
+    return _apply_family("qwen2_5_vl", model, method, ratio, compress_images, keep_indices, **options)
 
 
 def apply_to_qwen3_vl(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
-                      compress_images: bool = False, **options):
+                      compress_images: bool = False, keep_indices: bool = False, **options):
     """As `apply_to_qwen2_vl`, for Qwen3-VL (deepstack features pruned with the same indices)."""
-    return _apply_family("qwen3_vl", model, method, ratio, compress_images, **options)
+    return _apply_family("qwen3_vl", model, method, ratio, compress_images, keep_indices, **options)
 
 
 def apply_to_qwen2_5_omni(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
-                          compress_images: bool = False, **options):
+                          compress_images: bool = False, keep_indices: bool = False, **options):
     """As `apply_to_qwen2_vl`, for Qwen2.5-Omni: the thinker class when `model` is None (the whole
     model's generate calls it), else `model`, a thinker or a whole model (its thinker is patched).
     Video tokens only, audio untouched; speech output from a compressed thinker is refused."""
-    return _apply_family("qwen2_5_omni", model, method, ratio, compress_images, **options)
+    return _apply_family("qwen2_5_omni", model, method, ratio, compress_images, keep_indices, **options)
 
 
 def apply_to_qwen3_omni_moe(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
-                            compress_images: bool = False, **options):
+                            compress_images: bool = False, keep_indices: bool = False, **options):
     """As `apply_to_qwen2_5_omni`, for Qwen3-Omni (MoE; deepstack features pruned with the same indices)."""
-    return _apply_family("qwen3_omni_moe", model, method, ratio, compress_images, **options)
+    return _apply_family("qwen3_omni_moe", model, method, ratio, compress_images, keep_indices, **options)
 
 
-def apply(model, method: Optional[str] = None, ratio: Optional[float] = None, compress_images: bool = False, **options):
+def apply(model, method: Optional[str] = None, ratio: Optional[float] = None, compress_images: bool = False,
+          keep_indices: bool = False, **options):
     """Patch one loaded model, dispatching on `model.config.model_type`; returns the model.
 
     Without `method`/`ratio` the environment configuration is used; with neither `method` nor
     `COMPRESSOR` the model is patched but compression is off (a WARNING says so; `method="none"`
     says it explicitly). Compressor options are checked here against the compressor's signature
     (an unknown option or a value of the wrong type is a `ConfigError`). Calling `apply` again on
-    a patched model changes its method/ratio without patching twice."""
+    a patched model changes its method/ratio without patching twice. `keep_indices=True` adds
+    each video's kept rows and their prompt positions to `last_stats` (`"kept"`). One INFO line
+    (logger `token_compressor`) says what was patched."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     family = family_for(model_type, model)
-    return _apply_family(family.name, model, method, ratio, compress_images, **options)
+    return _apply_family(family.name, model, method, ratio, compress_images, keep_indices, **options)
 
 
 def revert(model=None) -> None:
-    """Undo `apply`/`apply_to_*`: for `model`, or every class-level patch when None."""
+    """Undo `apply`/`apply_to_*`: for `model` (its `last_stats` forgotten too), or every
+    class-level patch when None."""
     if model is not None:
         part = patching.compressed_part(model)
         patching.unpatch_instance(model)
@@ -147,17 +167,22 @@ def apply_from_env() -> bool:
     cfg = from_env()
     if not cfg.enabled:
         return False
+    settings = None
     for name in FAMILIES:
-        _apply_family(name, None, cfg.compressor, cfg.ratio, **dict(cfg.options))
-    logger.info("token_compressor: %s at r=%g patched into %s", cfg.compressor, cfg.ratio, ", ".join(FAMILIES))
+        _apply_family(name, None, cfg.compressor, cfg.ratio, announce=False, **dict(cfg.options))
+        settings = patching.settings_of_class(FAMILIES[name].model_class())
+    logger.info("%s patched into %s (from COMPRESSOR/R_RATIO)", describe(settings), ", ".join(FAMILIES),
+                extra={"token_compressor_announce": True})
     return True
 
 
 def last_stats(model) -> Optional[dict]:
-    """What the last compressed prefill of `model` did (visual tokens before/after, per sample
-    and per visual item, method, ratio, time; sequence lengths: `seq_len_before/after` attended
-    tokens of the batch, `width_before/after` the padded batch width, `row_lens_before/after`
-    attended tokens per row), or None if none ran."""
+    """What the last prefill with visual input of `model` did (visual tokens before/after, per
+    sample and per visual item, method, ratio, time; sequence lengths: `seq_len_before/after`
+    attended tokens of the batch, `width_before/after` the padded batch width,
+    `row_lens_before/after` attended tokens per row; `kept` with `keep_indices=True`), whatever
+    the method (`none` and ratio 1.0 included: `after == before`). None before the first such
+    call and after `revert(model)`."""
     return patching.last_stats(model)
 
 

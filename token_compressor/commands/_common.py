@@ -29,6 +29,32 @@ def check_compressor(value: str, option: str = "--compressor") -> str:
         raise command_error(str(e)) from None
 
 
+OPTION_HELP = ("a compressor option KEY=VALUE, repeatable (e.g. --option k=0.6 for dycoke, --option seed=1 "
+               "for random). The method's own variables are read too, as in lmms-eval (DYCOKE_K, HOLITOM_T, "
+               "fastvid_DySeg_c, ...: docs/methods.md); --option wins")
+
+
+def add_option_arguments(parser) -> None:
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help=OPTION_HELP)
+
+
+def compressor_options(method: str, assignments) -> dict:
+    """The options for `method`: its variables from the environment, then `--option` pairs over
+    them; validated (one line naming the option on a bad value or an option it does not take)."""
+    from ..config import method_options_from_env, parse_option_assignments
+    from ..registry import check_options
+
+    try:
+        options = {**method_options_from_env(method), **parse_option_assignments(method, assignments)}
+        if options and method != "none":
+            check_options(method, options)
+        elif options:
+            raise ConfigError(f"compressor 'none' takes no options; got {', '.join(sorted(options))}")
+    except (ConfigError, ValueError) as e:
+        raise command_error(str(e)) from None
+    return options
+
+
 def check_positive_int(value: int, option: str, minimum: int = 1) -> int:
     if value < minimum:
         raise command_error(f"{option}={value} is out of range; expected an integer >= {minimum}")

@@ -43,6 +43,57 @@ def flash_attn_status(cuda: bool) -> Tuple[bool, str]:
     return True, flash_attn.__version__
 
 
+# the evaluation stack: (distribution, what it is for here)
+EVAL_STACK = (
+    ("lmms-eval", "evaluation harness (extra: eval)"),
+    ("accelerate", "lmms-eval's launcher"),
+    ("qwen-vl-utils", "the Qwen model cards' video loading"),
+    ("torchvision", "the Qwen-VL processors"),
+    ("decord", "video reader"),
+    ("av", "video reader (PyAV)"),
+    ("torchcodec", "video reader"),
+    ("opencv-python-headless", "video reader"),
+    ("pillow", "drawing (extra: viz)"),
+)
+
+
+def _version_of(dist: str):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def entry_point_status(environ=None) -> str:
+    """Whether lmms-eval will call our plugin, and what it will do with this environment."""
+    import os
+    from importlib.metadata import entry_points
+
+    ours = [ep for ep in entry_points(group="lmms_eval.models") if ep.value.startswith("token_compressor.")]
+    if not ours:
+        return "not registered (install token-compressor with pip; the launcher works without it)"
+    env = os.environ if environ is None else environ
+    from ..config import report_from_env
+
+    try:
+        reporting = report_from_env(env)
+    except ValueError as e:
+        return f"registered ({ours[0].value}); the configuration is invalid: {e}"
+    compressor = (env.get("COMPRESSOR") or "").strip()
+    screener = (env.get("EMC_SCREENER") or "").strip()
+    if compressor.lower() not in ("", "none"):
+        what = f"active: COMPRESSOR={compressor} R_RATIO={env.get('R_RATIO') or '0.25 (default)'}"
+    elif screener.lower() not in ("", "none"):
+        what = f"active: EMC_SCREENER={screener}, no compression"
+    elif reporting:
+        what = "active: measuring only (TOKEN_COMPRESSOR_REPORT on, COMPRESSOR unset)"
+    else:
+        what = "idle: COMPRESSOR unset, lmms-eval runs are left alone"
+    return f"registered ({ours[0].value}); {what}"
+
+
 RATIO_ONE_NOTE = ("R_RATIO=1 keeps every token in a model, for every method; select(ratio=1) stays the "
                   "published algorithm: vidcom2 keeps most, not all (~83-98 %: its budget clamps the most unique "
                   "frames at N and does not redistribute their surplus)")
@@ -79,6 +130,8 @@ def collect() -> dict:
         "triton_detail": triton_detail,
         "flash_attn": flash,
         "flash_attn_detail": flash_detail,
+        "eval_stack": {dist: _version_of(dist) for dist, _ in EVAL_STACK},
+        "lmms_eval_entry_point": entry_point_status(),
         "notes": [RATIO_ONE_NOTE],
     }
 
@@ -100,9 +153,12 @@ def format_text(info: dict) -> str:
         ("CUDA", yes(info["cuda"], info["cuda_detail"])),
         ("Triton", yes(info["triton"], info["triton_detail"])),
         ("flash-attn", yes(info["flash_attn"], info["flash_attn_detail"])),
+        *((dist, f"{info['eval_stack'][dist] or 'not installed'} ({why})") for dist, why in EVAL_STACK),
+        ("lmms-eval plugin", info["lmms_eval_entry_point"]),
         *(("note", note) for note in info.get("notes", [])),
     ]
-    return "\n".join(f"{key:<18}{value}" for key, value in rows)
+    width = max(len(key) for key, _ in rows) + 2
+    return "\n".join(f"{key:<{width}}{value}" for key, value in rows)
 
 
 def run(args) -> int:
@@ -112,6 +168,7 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="versions, compressors, and whether CUDA/Triton/flash-attn are usable")
+    p = sub.add_parser("info", help="versions, compressors, the evaluation stack, the lmms-eval plugin's state, "
+                                    "and whether CUDA/Triton/flash-attn are usable")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)

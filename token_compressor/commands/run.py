@@ -17,7 +17,8 @@ import json
 import time
 from contextlib import contextmanager
 
-from ._common import check_compressor, check_positive_int, check_ratio, command_error
+from ._common import (add_option_arguments, check_compressor, check_positive_int, check_ratio, command_error,
+                      compressor_options)
 
 
 class _FirstTokenTimer:
@@ -174,6 +175,7 @@ def run(args) -> int:
 
     ratio = check_ratio(args.ratio)
     method = check_compressor(args.compressor)
+    options = compressor_options(method, args.option)
     check_positive_int(args.max_frames, "--max-frames", minimum=2)
     check_positive_int(args.max_new_tokens, "--max-new-tokens")
     check_positive_int(args.max_pixels, "--max-pixels", minimum=28 * 28)
@@ -201,7 +203,7 @@ def run(args) -> int:
     t_load = time.perf_counter()
     model, processor = load_pretrained(args.model, args.device)
     load_s = time.perf_counter() - t_load
-    apply(model, method, ratio)
+    apply(model, method, ratio, **options)
     screener = None
     if screener_name == "llm":
         from ..screening import ScreeningCache, make_screener
@@ -214,7 +216,7 @@ def run(args) -> int:
     result = answer(model, processor, os.path.abspath(args.video), args.question, max_frames=args.max_frames,
                     max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens, screener=screener)
     result = {"model": args.model, "model_type": model.config.model_type, "device": str(model.device),
-              "compressor": method, "ratio": ratio, "screener": screener_name, "load_s": load_s, **result}
+              "compressor": method, "ratio": ratio, "options": options, "screener": screener_name, "load_s": load_s, **result}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -225,7 +227,8 @@ def run(args) -> int:
               f"asked: {result['question_asked']!r}")
     kept = result["kept_fraction"]
     print(f"visual tokens: {result['visual_tokens_before']} -> {result['visual_tokens_after']}"
-          + (f" ({100 * kept:.1f} % kept, {method} r={ratio:g})" if kept is not None else " (no video tokens)"))
+          + (f" ({100 * kept:.1f} % kept, {method} r={ratio:g}"
+             f"{''.join(f', {k}={v}' for k, v in sorted(options.items()))})" if kept is not None else " (no video tokens)"))
     prefill = result["prefill_s"]
     print(f"time: prefill {prefill:.3f} s, generate {result['generate_s']:.3f} s "
           f"({result['new_tokens']} new tokens), total {result['total_s']:.3f} s, model load {load_s:.1f} s"
@@ -238,12 +241,13 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="answer a question about a video with a (compressed) Qwen-VL model",
-                       description=__doc__.splitlines()[0])
+                       description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--model", required=True, metavar="PATH_OR_ID", help="a Qwen-VL model folder or hub id")
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--question", required=True, help="the question to ask")
     p.add_argument("--compressor", default="vidcom2", help="a registered compressor, or none (default vidcom2)")
     p.add_argument("--ratio", default="0.25", help="retention ratio in (0, 1] (default 0.25)")
+    add_option_arguments(p)
     p.add_argument("--screener", default="none", help="EMC screening first: none (default), llm or self")
     p.add_argument("--max-frames", type=int, default=16, help="frames sampled from the video (default 16)")
     p.add_argument("--max-pixels", type=int, default=448 * 448, help="pixels per frame (default 448*448)")

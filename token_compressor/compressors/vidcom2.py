@@ -28,10 +28,43 @@ def vidcom2_budgets(s_video: torch.Tensor, ratio: float) -> torch.Tensor:
         even, with `p = softmax((u - max u) / 0.01)` and frame uniqueness `u_t = -mean_i s_video`.
     """
     N = s_video.shape[1]
-    uniqueness = -s_video.mean(dim=1)
-    p = torch.softmax((uniqueness - uniqueness.max()) / TEMPERATURE, dim=0)
+    p = frame_weights(s_video)
     scale = (ratio * (1.0 + p - p.mean())).clamp_(max=1.0)
     return torch.round(scale * N).long().clamp_(min=1)
+
+
+def frame_weights(s_video: torch.Tensor) -> torch.Tensor:
+    """fp32 `[T]`: `p = softmax((u - max u) / 0.01)` of frame uniqueness `u_t = -mean_i s_video`."""
+    uniqueness = -s_video.mean(dim=1)
+    return torch.softmax((uniqueness - uniqueness.max()) / TEMPERATURE, dim=0)
+
+
+def fit_budgets(budgets: torch.Tensor, p: torch.Tensor, total: int, tokens_per_frame: int) -> torch.Tensor:
+    """Budgets moved by single tokens until they sum to exactly `total` (not the authors' step).
+
+    Args:
+        budgets: int64 `[T]`, each in [1, N]; p: `[T]` frame weights (`frame_weights`).
+        total: the kept count wanted, in [T, T*N].
+    Returns:
+        int64 `[T]` on budgets' device. Missing tokens go one per frame and round, to the frames in
+        descending `p` (the most unique first) that are below N; surplus tokens are taken the same
+        way from the frames in ascending `p` that are above 1. Ties in `p` go to the lower frame.
+    """
+    T, N = budgets.numel(), int(tokens_per_frame)
+    if not (T <= total <= T * N):
+        raise ValueError(f"vidcom2: total={total} is outside [T, T*N] = [{T}, {T * N}]")
+    b = budgets.tolist()
+    diff = int(total) - sum(b)
+    step = 1 if diff > 0 else -1
+    order = torch.argsort(p.float().cpu(), descending=diff > 0, stable=True).tolist()
+    while diff:
+        for t in order:
+            if (step > 0 and b[t] < N) or (step < 0 and b[t] > 1):
+                b[t] += step
+                diff -= step
+                if not diff:
+                    break
+    return torch.tensor(b, dtype=torch.long, device=budgets.device)
 
 
 def keep_lowest_per_frame(scores: torch.Tensor, budgets: torch.Tensor) -> torch.Tensor:
@@ -50,16 +83,25 @@ def keep_lowest_per_frame(scores: torch.Tensor, budgets: torch.Tensor) -> torch.
 
 
 @register_compressor("vidcom2")
-def vidcom2(features: torch.Tensor, ratio: float, *, backend: Optional[str] = None) -> torch.Tensor:
+def vidcom2(features: torch.Tensor, ratio: float, *, backend: Optional[str] = None,
+            total: Optional[int] = None) -> torch.Tensor:
     """VidCom² keep mask for one video.
 
     Args:
         features: `[T, N, D]`, any float dtype and device.
         ratio: base retention ratio in (0, 1]; `sum(k_t)` is only approximately `r*T*N`.
         backend: scoring backend, `auto`/`triton`/`torch` (None: from the configuration).
+        total: keep exactly this many tokens, in [T, T*N] (None: the authors' budgets). The
+            authors' budgets are then moved by single tokens to sum to `total` (`fit_budgets`);
+            the tokens kept inside each frame are chosen as always. Used where the count must
+            be known before the features exist (vLLM: `compressors.counts`).
     Returns:
         bool `[T, N]` keep mask.
     """
     s_video, s_frame = vidcom2_scores(features, backend=backend)
     budgets = vidcom2_budgets(s_video, ratio)
+    if total is not None:
+        if isinstance(total, bool) or int(total) != total:
+            raise ValueError(f"vidcom2: total must be an integer, got {total!r}")
+        budgets = fit_budgets(budgets, frame_weights(s_video), int(total), features.shape[1])
     return keep_lowest_per_frame(s_video + s_frame, budgets)

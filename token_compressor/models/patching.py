@@ -27,7 +27,7 @@ import torch
 
 from .. import report
 from .pruning import (CompressedPrompt, PrefillStats, Settings, cache_of, compress_prefill, encoder_outputs_handover,
-                      skip_reason, translate_continuation, visual_tokens_in)
+                      skip_reason, translate_continuation, uncompressed_stats, visual_tokens_in)
 
 logger = logging.getLogger("token_compressor")
 
@@ -123,11 +123,11 @@ def _compress(model, family, settings: Settings, kwargs, **how):
 def _record(model, stats: PrefillStats) -> None:
     model.__dict__[ATTR_STATS] = stats
     if stats.skipped:
-        logger.warning("token_compressor: %s not applied to this call (%s); it runs exactly as unpatched",
+        logger.warning("%s not applied to this call (%s); it runs exactly as unpatched",
                        stats.method, stats.skipped)
         return
     logger.info(
-        "token_compressor: %s r=%.3g kept %d/%d visual tokens (%.1f%%), sequence %d -> %d, "
+        "%s r=%.3g kept %d/%d visual tokens (%.1f%%), sequence %d -> %d, "
         "batch width %d -> %d, %.1f ms",
         stats.method, stats.ratio, stats.after, stats.before, 100.0 * stats.kept_fraction,
         stats.seq_len_before, stats.seq_len_after, stats.width_before, stats.width_after, stats.compress_ms,
@@ -178,7 +178,10 @@ def make_forward(original, family):
         if record is not None:  # continuing a compressed cache by hand
             return original(self, **translate_continuation(record, kwargs, _cache_len(kwargs), for_generate=False))
         settings = settings_of(self)
-        if not settings.enabled or not _has_visual_input(kwargs, settings) or _cache_len(kwargs):
+        if not _has_visual_input(kwargs, settings) or _cache_len(kwargs):
+            return original(self, **kwargs)
+        if not settings.enabled:  # `none` or compression off: measured with the same code, run as is
+            self.__dict__[ATTR_STATS] = uncompressed_stats(self, kwargs, settings)
             return original(self, **kwargs)
         reason = skip_reason(kwargs, settings)
         if reason is not None:
@@ -267,8 +270,12 @@ def _generate(self, original, family, kwargs):
     # a new prompt: `last_stats` describes this call from here on, not an earlier one
     self.__dict__.pop(ATTR_STATS, None)
     settings = settings_of(self)
-    if not settings.enabled or not _has_visual_input(kwargs, settings):
+    if not _has_visual_input(kwargs, settings):
         return original(self, **kwargs), None
+    if not settings.enabled:  # `none` or compression off: measured with the same code, run as is
+        self.__dict__[ATTR_STATS] = uncompressed_stats(self, kwargs, settings)
+        with _Guard():  # generate's own forward calls are this call's, already measured
+            return original(self, **kwargs), None
     if _cache_len(kwargs):
         raise ValueError(
             "token_compressor cannot compress a prompt continued from a past_key_values it did not fill; "
@@ -306,6 +313,7 @@ def make_generate(original, family):
         ids = kwargs.get("inputs") if kwargs.get("inputs") is not None else kwargs.get("input_ids")
         rows = ids if ids is not None else kwargs.get("inputs_embeds")
         samples = int(rows.shape[0]) if isinstance(rows, torch.Tensor) and rows.dim() >= 2 else 0
+        docs = report.lmms_eval_docs_of_caller(samples) if path != "python" else None
         continued = _prompt_of(kwargs) is not None  # its visual tokens were counted by the first call
         call = report.RECORDER.begin(self)
         out, stats = _generate(self, original, family, kwargs)
@@ -318,8 +326,15 @@ def make_generate(original, family):
             before = after = (stats.before if stats is not None else
                               report.visual_token_count(self, ids, settings_of(self).compress_images))
             method = None
+        per_sample = None
+        if docs is not None and not continued:
+            last = self.__dict__.get(ATTR_STATS)
+            counts = last.per_sample if last is not None and len(last.per_sample) == samples else [None] * samples
+            per_sample = [{**doc, "visual_tokens_before": None if row is None else sum(b for _, b, _ in row),
+                           "visual_tokens_after": None if row is None else sum(a for _, _, a in row)}
+                          for doc, row in zip(docs, counts)]
         report.RECORDER.end(call, model=self, path=path, samples=samples, before=before, after=after, method=method,
-                            skipped=stats is not None and bool(stats.skipped))
+                            skipped=stats is not None and bool(stats.skipped), per_sample=per_sample)
         return out
 
     setattr(generate, ATTR_WRAPPED, original)
@@ -347,6 +362,10 @@ def unpatch_class(cls) -> None:
         else:
             setattr(cls, name, own)
     _CLASS_SETTINGS.pop(cls, None)
+
+
+def settings_of_class(cls) -> Settings:
+    return _CLASS_SETTINGS.get(cls, Settings())
 
 
 def is_class_patched(cls) -> bool:
@@ -399,7 +418,7 @@ def patch_instance(model, family, settings: Settings) -> None:
 
 
 def unpatch_instance(model) -> None:
-    for name in ("forward", "generate", ATTR_SETTINGS, ATTR_FAMILY):
+    for name in ("forward", "generate", ATTR_SETTINGS, ATTR_FAMILY, ATTR_STATS):
         model.__dict__.pop(name, None)
 
 

@@ -52,6 +52,7 @@ class Settings:
     ratio: float = 0.25
     compress_images: bool = False
     options: Tuple[Tuple[str, Any], ...] = ()
+    keep_indices: bool = False  # record each video's kept rows and their positions in `last_stats`
 
     @property
     def enabled(self) -> bool:
@@ -63,7 +64,9 @@ class PrefillStats:
     """What one compressed prefill did. Token counts are visual tokens (video, and image when
     images are compressed); `per_sample[b]` lists `(kind, before, after)` per visual item.
     `skipped` names why a call with visual input could not be compressed (it then ran exactly as
-    unpatched, `after == before`).
+    unpatched, `after == before`). `kept` (only when `Settings.keep_indices`): one dict per visual
+    item, in prompt order: `kind`, `sample` (batch row), `keep` (kept rows of the item's features,
+    ascending) and `positions` (their indices in that row of the caller's `input_ids`).
 
     Sequence lengths: `seq_len_before/after` count the attended tokens of the whole batch;
     `width_before/after` the padded batch width `L` / `L'` (what the KV cache and the attention
@@ -83,6 +86,7 @@ class PrefillStats:
     encode_ms: float = 0.0
     compress_ms: float = 0.0
     skipped: Optional[str] = None
+    kept: Optional[List[Dict[str, Any]]] = None
 
     @property
     def kept_fraction(self) -> float:
@@ -107,6 +111,7 @@ class PrefillStats:
             "encode_ms": self.encode_ms,
             "compress_ms": self.compress_ms,
             "skipped": self.skipped,
+            "kept": self.kept,
         }
 
 
@@ -160,6 +165,50 @@ def visual_tokens_in(model, kwargs: Dict[str, Any], settings: Settings) -> int:
         if isinstance(grid, torch.Tensor):
             n += int(grid.prod(-1).sum()) // merge
     return n
+
+
+def uncompressed_stats(model, kwargs: Dict[str, Any], settings: Settings) -> PrefillStats:
+    """`PrefillStats` of a call that keeps every visual token (`none`, or compression off), so a
+    baseline is measured with the same code as a compressed run: every item's `after == before`.
+    Counts come from the grids; per-sample attribution from the placeholder tokens in `input_ids`
+    (row-major, the order of the grids)."""
+    ids = kwargs.get("input_ids")
+    mask = kwargs.get("attention_mask")
+    merge = model.config.vision_config.spatial_merge_size ** 2
+    B = int(ids.shape[0]) if isinstance(ids, torch.Tensor) and ids.dim() == 2 else 0
+    width = int(ids.shape[1]) if B else 0
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        rows = mask.bool().sum(1).tolist()
+    else:
+        rows = [width] * B
+    seq = int(sum(rows))
+    stats = PrefillStats(method=settings.method or "none", ratio=1.0 if not settings.enabled else settings.ratio,
+                         per_sample=[[] for _ in range(B)], seq_len_before=seq, seq_len_after=seq,
+                         width_before=width, width_after=width, row_lens_before=list(rows),
+                         row_lens_after=list(rows), kept=[] if settings.keep_indices else None)
+    kinds = [("video", model.config.video_token_id)]
+    if settings.compress_images:
+        kinds.append(("image", model.config.image_token_id))
+    for kind, token_id in kinds:
+        grid = kwargs.get(f"{kind}_grid_thw")
+        if not isinstance(grid, torch.Tensor):
+            continue
+        sizes = (grid.prod(-1) // merge).tolist()
+        if B:
+            bidx, sidx = (ids == token_id).nonzero(as_tuple=True)
+        offset = 0
+        for n in sizes:
+            n = int(n)
+            stats.before += n
+            stats.after += n
+            if B and offset + n <= bidx.numel():
+                b = int(bidx[offset])
+                stats.per_sample[b].append((kind, n, n))
+                if stats.kept is not None:
+                    stats.kept.append({"kind": kind, "sample": b, "keep": list(range(n)),
+                                       "positions": sidx[offset:offset + n].tolist()})
+            offset += n
+    return stats
 
 
 def encode(inner, kwargs: Dict[str, Any], encoder_kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -352,7 +401,8 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
     dropped = torch.zeros(B, L, dtype=torch.bool, device=input_ids.device)
     row_lens = mask.bool().sum(1).tolist()
     stats = PrefillStats(method=settings.method, ratio=settings.ratio, per_sample=[[] for _ in range(B)],
-                         seq_len_before=int(sum(row_lens)), width_before=L, row_lens_before=row_lens)
+                         seq_len_before=int(sum(row_lens)), width_before=L, row_lens_before=row_lens,
+                         kept=[] if settings.keep_indices else None)
     modalities = [("video", cfg.video_token_id, "video_grid_thw")]
     if settings.compress_images:
         modalities.append(("image", cfg.image_token_id, "image_grid_thw"))
@@ -391,6 +441,10 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
             replaced = replaced or (sel.features is not None
                                     and not torch.equal(sel.features, feat.index_select(0, sel.keep.to(feat.device))))
             stats.per_sample[b].append((kind, n, sel.num_kept))
+            if stats.kept is not None:
+                keep = sel.keep.to(sidx.device)
+                stats.kept.append({"kind": kind, "sample": b, "keep": keep.tolist(),
+                                   "positions": sidx[offset:offset + n][keep].tolist()})
             stats.before += n
             stats.after += sel.num_kept
             offset += n

@@ -204,7 +204,7 @@ def draw_retention(
     shares: Dict[str, Sequence[float]],
     ratios: Sequence[float],
     title: str,
-    size: Tuple[int, int] = (720, 460),
+    size: Tuple[int, int] = (900, 460),
 ):
     """Line plot: share of the event's tokens kept (y, 0..1) against the retention ratio (x).
 
@@ -227,7 +227,7 @@ def draw_retention(
         draw.text((MARGIN, y), line, fill=INK, font=font)
         y += line_h
     draw.text((MARGIN, y + 4), "share of the event's tokens kept", fill=INK, font=small)
-    left, top, right, bottom = 64, y + 28, W - 190, H - 56
+    left, top, right, bottom = 64, y + 28, W - 330, H - 56
     x_max = 1.0 if max(ratios) > 0.6 else 0.6
 
     def px(x, y):
@@ -242,7 +242,10 @@ def draw_retention(
         draw.line([gx, top, gx, bottom], fill=GRID_INK)
         draw.text((gx - 12, bottom + 6), f"{r:g}", fill=INK, font=small)
     draw.rectangle([left, top, right, bottom], outline=INK)
-    draw.text(((left + right) // 2 - 110, bottom + 26), "retention ratio r (share of all tokens kept)", fill=INK, font=small)
+    # the x value is the ratio ASKED: DyCoke, FastVID and HoliTom keep other shares of the video
+    # (their legend entries say which), so "share kept" would misplace them
+    draw.text(((left + right) // 2 - 120, bottom + 26), "ratio r asked (R_RATIO); legend: share kept if other",
+              fill=INK, font=small)
     # the share any method keeps of a video-wide average token: r itself
     for i in range(0, 40, 2):
         a, b = px(x_max * i / 40, x_max * i / 40), px(x_max * (i + 1) / 40, x_max * (i + 1) / 40)
