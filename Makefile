@@ -26,7 +26,8 @@ PY := .venv/bin/python
 # The tests `make test-oldest` runs: model patches and their generate/forward contract, selection
 # (golden parity included), the Triton interpreter checks, the command line and the benchmarks at
 # toy sizes. The lmms-eval end-to-end tests stay on the main lock.
-OLDEST_TESTS := tests/test_models.py tests/test_contract.py tests/test_batches.py tests/test_processor_path.py tests/test_select.py \
+OLDEST_TESTS := tests/test_models.py tests/test_contract.py tests/test_batches.py tests/test_omni.py tests/test_processor_path.py \
+	tests/test_select.py \
 	tests/test_golden.py tests/test_golden_baselines.py tests/test_golden_fastvid_holitom.py tests/test_golden_holitom_d.py \
 	tests/test_evs.py tests/test_score_range.py tests/test_selection_threads.py tests/test_config.py \
 	tests/test_kernels_triton.py tests/test_cli.py tests/test_cli_model.py tests/test_lock.py \

@@ -24,14 +24,11 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
     inner = model.model
     ids = sample["input_ids"].unsqueeze(0)
     dev = ids.device
-    mm = sample["mm_token_type_ids"].unsqueeze(0)
+    mm = sample.get("mm_token_type_ids")  # Omni prompts have none (the thinkers do not read it)
     with torch.no_grad():
         enc = inner.get_video_features(sample["pixel_values_videos"], sample["video_grid_thw"], return_dict=True,
                                        **(encoder_kwargs or {}))
-    rope_kw = {"video_grid_thw": sample["video_grid_thw"], "mm_token_type_ids": mm}
-    if "second_per_grid_ts" in sample:
-        rope_kw["second_per_grid_ts"] = sample["second_per_grid_ts"]
-    pos3, _ = inner.get_rope_index(ids, attention_mask=torch.ones_like(ids), **rope_kw)
+    pos3 = original_positions(inner, sample, ids)
     video_pos = (ids[0] == video_token_id).nonzero().squeeze(1)
     keep = torch.ones(ids.shape[1], dtype=torch.bool, device=dev)
     kept_feats, kept_deep, offset = [], [], 0
@@ -55,22 +52,44 @@ def explicit_pruned_inputs(model, sample, ratio, method="vidcom2", video_token_i
     Lp = int(keep.sum())
     text = torch.arange(Lp, device=dev).view(1, 1, Lp)
     position_ids = torch.cat([text, pos3[:, :, keep]], dim=0)
-    return {
+    out = {
         "input_ids": ids[:, keep],
         "attention_mask": torch.ones(1, Lp, dtype=torch.long, device=dev),
-        "mm_token_type_ids": mm[:, keep],
         "position_ids": position_ids,
         **features_input(model, sample, enc),
+        **{k: sample[k] for k in AUDIO_INPUTS if k in sample},  # Omni: the audio as it is, never pruned
     }
+    if mm is not None:
+        out["mm_token_type_ids"] = mm.unsqueeze(0)[:, keep]
+    return out
 
 
-FEATURE_INPUTS = ("mm_encoder_outputs", "pixel_values_videos", "video_grid_thw")
+def original_positions(inner, sample, ids):
+    """`[3, 1, L]` M-RoPE ids of the unpadded prompt `ids` from the model's own `get_rope_index`:
+    Qwen-VL's (by mm_token_type_ids) or the Omni thinkers' (by token ids, with audio lengths)."""
+    mask = torch.ones_like(ids)
+    if "second_per_grids" in inspect.signature(inner.get_rope_index).parameters:  # Omni
+        audio = sample.get("feature_attention_mask")
+        pos3, _ = inner.get_rope_index(ids, video_grid_thw=sample.get("video_grid_thw"), attention_mask=mask,
+                                       use_audio_in_video=bool(sample.get("use_audio_in_video", False)),
+                                       audio_seqlens=None if audio is None else audio.sum(-1),
+                                       second_per_grids=sample.get("video_second_per_grid"))
+        return pos3
+    rope_kw = {"video_grid_thw": sample["video_grid_thw"], "mm_token_type_ids": sample["mm_token_type_ids"].unsqueeze(0)}
+    if "second_per_grid_ts" in sample:
+        rope_kw["second_per_grid_ts"] = sample["second_per_grid_ts"]
+    pos3, _ = inner.get_rope_index(ids, attention_mask=mask, **rope_kw)
+    return pos3
+
+
+AUDIO_INPUTS = ("input_features", "feature_attention_mask")
+FEATURE_INPUTS = ("mm_encoder_outputs", "pixel_values_videos", "video_grid_thw") + AUDIO_INPUTS
 _PLACEHOLDERS = iter(range(10_000, 10**9))  # one seed per oracle: no two oracles share pixels
 
 
 def feature_inputs(inputs):
-    """The keyword arguments of `inputs` (an oracle's) that carry its video features: what a
-    call built by hand must pass along with its own ids and positions."""
+    """The keyword arguments of `inputs` (an oracle's) that carry its video features (and an Omni
+    prompt's audio): what a call built by hand must pass along with its own ids and positions."""
     return {k: v for k, v in inputs.items() if k in FEATURE_INPUTS}
 
 
@@ -148,18 +167,20 @@ def greedy_uncached(model, inputs, steps, suppress=SPECIAL):
     """Greedy decoding without a KV cache: every step re-runs the whole (pruned) sequence, with
     every position row extended by +1 per generated token."""
     ids, pos = inputs["input_ids"], inputs["position_ids"]
-    mm = inputs["mm_token_type_ids"]
+    mm = inputs.get("mm_token_type_ids")
     out = []
     for _ in range(steps):
         with torch.no_grad():
             features = feature_inputs(inputs)
+            if mm is not None:
+                features["mm_token_type_ids"] = mm
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos,
-                           mm_token_type_ids=mm, use_cache=False, **features).logits
+                           use_cache=False, **features).logits
         last = logits[:, -1].clone()
         last[:, suppress] = float("-inf")  # as generate's suppress_tokens
         nxt = last.argmax(-1, keepdim=True)
         out.append(int(nxt))
         ids = torch.cat([ids, nxt], dim=1)
-        mm = torch.cat([mm, torch.zeros_like(nxt)], dim=1)
+        mm = None if mm is None else torch.cat([mm, torch.zeros_like(nxt)], dim=1)
         pos = torch.cat([pos, pos[..., -1:] + 1], dim=-1)
     return out

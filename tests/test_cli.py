@@ -18,8 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_info_reports_support_and_usability(capsys):
     assert cli.main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["model_families"] == ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
-                                      "qwen3_5_moe"] == list(support.SUPPORTED_MODEL_TYPES)
+    assert info["model_families"] == ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe",
+                                      "qwen2_5_omni", "qwen3_omni_moe"] == list(support.SUPPORTED_MODEL_TYPES)
     assert info["transformers_range"] == support.TRANSFORMERS_RANGE == ">=5.17,<5.26"
     assert info["torch_range"] == support.TORCH_RANGE == ">=2.11,<2.16"
     from token_compressor.config import allow_untested_from_env

@@ -1,5 +1,8 @@
 """The patched model keeps Hugging Face's `generate`/`forward` contract (issue #12, #16 H3/H4).
 
+The Omni thinkers (OMNI, where this transformers has their seams) run the core modes, forward
+and batch cases on video prompts; their audio cases are in test_omni.py.
+
 Two properties, for each family, for `vidcom2` and the `evs` baseline, over the generation modes:
 
 - identity: where compression keeps every token (`none`; every method at ratio 1.0, which in a
@@ -22,10 +25,11 @@ import transformers
 
 import token_compressor as tc
 from oracles import SPECIAL, explicit_pruned_inputs, feature_inputs, features_input, greedy_uncached
-from tiny_models import FAMILIES, HYBRID, IMAGE, PAD, VIDEO, collate, make_sample, tiny_model
+from tiny_models import FAMILIES, HYBRID, IMAGE, PAD, VIDEO, collate, make_sample, omni_here, tiny_model
 from token_compressor import report
 
 NEW = 3  # new tokens per generate call
+OMNI = omni_here()
 # the KV cache's argument and output field: `past_key_values` up to transformers 5.23, `cache` from
 # 5.24 (the old argument name is deprecated there): the follow-up tests use this release's own name
 CACHE = ("cache" if "cache" in inspect.signature(transformers.Qwen2VLForConditionalGeneration.forward).parameters
@@ -65,7 +69,8 @@ def padded_everywhere(family):
     batch = collate([video(family, 0), make_sample(family, [(2, 4, 4)], seed=1, text_after=(4, 5))])
     B = batch["input_ids"].shape[0]
     for key, pad in (("input_ids", PAD), ("attention_mask", 0), ("mm_token_type_ids", 0)):
-        batch[key] = torch.cat([torch.full((B, 1), pad, dtype=batch[key].dtype), batch[key]], dim=1)
+        if key in batch:  # the Omni thinkers take no mm_token_type_ids
+            batch[key] = torch.cat([torch.full((B, 1), pad, dtype=batch[key].dtype), batch[key]], dim=1)
     return batch
 
 
@@ -73,7 +78,8 @@ def padded_single(family):
     """One sample with a padding column in front (assisted and prompt-lookup decoding take one row)."""
     batch = single(video(family))
     for key, pad in (("input_ids", PAD), ("attention_mask", 0), ("mm_token_type_ids", 0)):
-        batch[key] = torch.cat([torch.full((1, 1), pad, dtype=batch[key].dtype), batch[key]], dim=1)
+        if key in batch:
+            batch[key] = torch.cat([torch.full((1, 1), pad, dtype=batch[key].dtype), batch[key]], dim=1)
     return batch
 
 
@@ -132,6 +138,13 @@ def assert_consistent(got, oracle, prompt, oracle_len):
         assert_same(rest, {k: v for k, v in oracle.items() if k != "sequences"})
 
 
+def text_labels(inputs):
+    """The ids as labels, visual tokens ignored (-100)."""
+    ids = inputs["input_ids"]
+    visual = inputs["mm_token_type_ids"] != 0 if "mm_token_type_ids" in inputs else (ids == VIDEO) | (ids == IMAGE)
+    return ids.masked_fill(visual, -100)
+
+
 def dropped_tokens(model):
     stats = tc.last_stats(model)
     return stats["visual_tokens_before"] - stats["visual_tokens_after"]
@@ -159,7 +172,7 @@ EXTRA = {"sample": "qwen3_vl", "beam_sample": "qwen2_5_vl", "beam_num_return_seq
          "static_cache": "qwen2_vl", "assisted": "qwen2_5_vl"}
 # qwen3_5_moe: qwen3_5's seams and cache, qwen3_vl_moe's routing, both through every core mode
 CORE_OF = {"qwen3_5_moe": ["greedy", "dict_outputs"]}
-CASES = [(f, m) for f in FAMILIES for m in CORE_OF.get(f, CORE)] + [(f, m) for m, f in EXTRA.items()]
+CASES = [(f, m) for f in FAMILIES + OMNI for m in CORE_OF.get(f, CORE)] + [(f, m) for m, f in EXTRA.items()]
 
 
 def generate(model, inputs, mode, family, **extra):
@@ -256,11 +269,11 @@ def test_vidcom2_select_at_ratio_1_is_still_the_published_algorithm():
 FORWARD = dict(output_attentions=True, output_hidden_states=True, use_cache=True)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + OMNI)
 def test_forward_identity_with_outputs_labels_and_padding(family):
     model = model_of(family, "eager")
     batch = padded_everywhere(family)
-    labels = batch["input_ids"].masked_fill(batch["mm_token_type_ids"] != 0, -100)
+    labels = text_labels(batch)
     with torch.no_grad():
         ref = model(**batch, labels=labels, **FORWARD)
         ref_last = model(**batch, logits_to_keep=1).logits
@@ -273,7 +286,7 @@ def test_forward_identity_with_outputs_labels_and_padding(family):
     assert_same(got_last, ref_last)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + OMNI)
 @pytest.mark.parametrize("method", ["vidcom2", "evs"])
 def test_forward_equals_the_explicitly_pruned_prompt(family, method):
     model = model_of(family, "eager")
@@ -281,13 +294,13 @@ def test_forward_equals_the_explicitly_pruned_prompt(family, method):
     # the vision tower run as the patched (and the unpatched) forward runs it with these outputs asked
     vision = {k: v for k, v in FORWARD.items() if k.startswith("output_")}
     oracle_inputs = explicit_pruned_inputs(model, sample, 0.5, method=method, encoder_kwargs=vision)
-    oracle_labels = oracle_inputs["input_ids"].masked_fill(oracle_inputs["mm_token_type_ids"] != 0, -100)
+    oracle_labels = text_labels(oracle_inputs)
     with torch.no_grad():
         ref = model(**oracle_inputs, labels=oracle_labels, **FORWARD)
         ref_last = model(**oracle_inputs, logits_to_keep=1).logits
     tc.apply(model, method, 0.5)
     batch = single(sample)
-    labels = batch["input_ids"].masked_fill(batch["mm_token_type_ids"] != 0, -100)
+    labels = text_labels(batch)
     with torch.no_grad():
         got = model(**batch, labels=labels, **FORWARD)
         got_last = model(**batch, logits_to_keep=1).logits
@@ -306,7 +319,7 @@ def test_forward_equals_the_explicitly_pruned_prompt(family, method):
     assert_same(got_last, ref_last)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + OMNI)
 def test_compressed_batch_drops_its_padding_and_each_row_equals_its_oracle(family):
     """Every row padded, compressed: the padding leaves with the dropped tokens, the batch is as
     wide as its longest pruned row, new padding goes left, and each row's next-token logits equal

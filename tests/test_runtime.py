@@ -346,6 +346,8 @@ def test_an_uncompressible_lmms_eval_model_stops_the_run_with_one_line(monkeypat
                              "(Qwen2VLForConditionalGeneration), ")
     for family in FAMILIES.values():  # the supported list is support.SUPPORTED_MODEL_TYPES
         assert f"{family.name} ({family.model_class().__name__})" in err[0]
+        if family.composite is not None:  # the Omni families: the whole model too
+            assert f"and the whole {family.composite.model_class().__name__}" in err[0]
     assert "TOKEN_COMPRESSOR_ALLOW_UNCOMPRESSED=1" in err[0] and "before the first sample" in err[0]
     assert runtime.finalize(argv=[], out=io.StringIO()) is None  # nothing ran: no run report
     runtime.uninstall()  # the guard leaves lmms-eval as it was

@@ -10,6 +10,21 @@ FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qw
 QWEN3_LAYOUT = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 # text models whose cache holds recurrent state (gated delta-net layers beside attention layers)
 HYBRID = ("qwen3_5", "qwen3_5_moe")
+# the Omni thinkers (omni_models.py): `tiny_model`, `make_sample` and `collate` build them too, with
+# video only (no audio: omni_models makes the prompts with audio) and without mm_token_type_ids,
+# which the thinkers do not take
+OMNI = ["qwen2_5_omni", "qwen3_omni_moe"]
+
+
+def omni_here():
+    """The Omni families whose thinker has the seams on this transformers: `thinker.model` a
+    `*ThinkerModel` (5.21 on; 5.17-5.20 are refused, see test_omni.py)."""
+    from transformers.models.qwen2_5_omni import modeling_qwen2_5_omni
+    from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe
+
+    return [family for family, module, name in (
+        ("qwen2_5_omni", modeling_qwen2_5_omni, "Qwen2_5OmniThinkerModel"),
+        ("qwen3_omni_moe", modeling_qwen3_omni_moe, "Qwen3OmniMoeThinkerModel")) if hasattr(module, name)]
 VOCAB = 256
 IMAGE, VIDEO, VSTART, VEND = 250, 251, 252, 253
 PAD = 0
@@ -81,6 +96,10 @@ def _long_memory(model):
 
 
 def tiny_model(family: str, attn: str = "sdpa", seed: int = 0):
+    if family in OMNI:
+        from omni_models import tiny_thinker
+
+        return tiny_thinker(family, attn, seed)
     import transformers
 
     cls = getattr(transformers, CLASSES[family])
@@ -94,7 +113,7 @@ def tiny_model(family: str, attn: str = "sdpa", seed: int = 0):
 
 
 def patch_dim(family: str) -> int:
-    p = 16 if family in QWEN3_LAYOUT else 14
+    p = 16 if family in QWEN3_LAYOUT + ("qwen3_omni_moe",) else 14
     return 3 * 2 * p * p
 
 
@@ -125,7 +144,7 @@ def make_sample(family: str, grids, text_before=(1, 2, 3), text_after=(4, 5, 6, 
     mm = torch.zeros_like(ids)
     mm[ids == IMAGE] = 1
     mm[ids == VIDEO] = 2
-    out = {"input_ids": ids, "mm_token_type_ids": mm}
+    out = {"input_ids": ids} if family in OMNI else {"input_ids": ids, "mm_token_type_ids": mm}
     if grids:
         rows = sum(T * h * w for T, h, w in grids)
         out["pixel_values_videos"] = torch.randn(rows, patch_dim(family), generator=g)
@@ -136,6 +155,8 @@ def make_sample(family: str, grids, text_before=(1, 2, 3), text_after=(4, 5, 6, 
         out["image_grid_thw"] = torch.tensor(image_grids)
     if family == "qwen2_5_vl" and grids:
         out["second_per_grid_ts"] = torch.ones(len(grids))
+    if family in OMNI and grids:
+        out["video_second_per_grid"] = torch.ones(len(grids))
     return out
 
 
@@ -150,10 +171,13 @@ def collate(samples, padding_side="left"):
         n = s["input_ids"].numel()
         sl = slice(L - n, L) if padding_side == "left" else slice(0, n)
         input_ids[b, sl] = s["input_ids"]
-        mm[b, sl] = s["mm_token_type_ids"]
+        if "mm_token_type_ids" in s:
+            mm[b, sl] = s["mm_token_type_ids"]
         mask[b, sl] = 1
-    batch = {"input_ids": input_ids, "attention_mask": mask, "mm_token_type_ids": mm}
-    for key in ("pixel_values_videos", "pixel_values", "second_per_grid_ts"):
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if all("mm_token_type_ids" in s for s in samples):
+        batch["mm_token_type_ids"] = mm
+    for key in ("pixel_values_videos", "pixel_values", "second_per_grid_ts", "video_second_per_grid"):
         parts = [s[key] for s in samples if key in s]
         if parts:
             batch[key] = torch.cat(parts)

@@ -5,7 +5,7 @@ Public API:
     available_compressors(), register_compressor(name, fn)
     Config, ConfigError, config_from_env()
     apply(model, method, ratio),
-    apply_to_qwen2_vl/qwen2_5_vl/qwen3_vl/qwen3_vl_moe/qwen3_5/qwen3_5_moe(model=None, ...),
+    apply_to_qwen2_vl/qwen2_5_vl/qwen3_vl/qwen3_vl_moe/qwen3_5/qwen3_5_moe/qwen2_5_omni/qwen3_omni_moe(model=None, ...),
     revert(model=None), apply_from_env(), last_stats(model)
 
 The names are imported on first use (PEP 562), so `import token_compressor` and the command
@@ -22,8 +22,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "apply": (".api", "apply"),
     "apply_from_env": (".api", "apply_from_env"),
+    "apply_to_qwen2_5_omni": (".api", "apply_to_qwen2_5_omni"),
     "apply_to_qwen2_5_vl": (".api", "apply_to_qwen2_5_vl"),
     "apply_to_qwen2_vl": (".api", "apply_to_qwen2_vl"),
+    "apply_to_qwen3_omni_moe": (".api", "apply_to_qwen3_omni_moe"),
     "apply_to_qwen3_vl": (".api", "apply_to_qwen3_vl"),
     "apply_to_qwen3_vl_moe": (".api", "apply_to_qwen3_vl_moe"),
     "apply_to_qwen3_5": (".api", "apply_to_qwen3_5"),
@@ -63,8 +65,9 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from .api import (apply, apply_from_env, apply_to_qwen2_5_vl, apply_to_qwen2_vl, apply_to_qwen3_5,
-                      apply_to_qwen3_5_moe, apply_to_qwen3_vl, apply_to_qwen3_vl_moe, last_stats, revert)
+    from .api import (apply, apply_from_env, apply_to_qwen2_5_omni, apply_to_qwen2_5_vl, apply_to_qwen2_vl,
+                      apply_to_qwen3_5, apply_to_qwen3_5_moe, apply_to_qwen3_omni_moe, apply_to_qwen3_vl,
+                      apply_to_qwen3_vl_moe, last_stats, revert)
     from .config import Config, ConfigError
     from .config import from_env as config_from_env
     from .registry import available_compressors, get_compressor, register_compressor, unregister_compressor

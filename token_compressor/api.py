@@ -51,7 +51,7 @@ def _settings(method, ratio, compress_images: bool, options: dict, keep_indices:
 
 def _check_model(model, family) -> None:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type != family.name:
+    if model_type != family.name and model_type not in family.model_types:
         raise ValueError(f"expected a {family.name} model, got model_type {model_type!r}")
     cls = family.model_class()
     if not isinstance(model, cls):
@@ -62,13 +62,9 @@ def _check_model(model, family) -> None:
             f"that from_pretrained / AutoModelForImageTextToText return); got a {type(model).__name__}: pass the "
             f"{cls.__name__} itself (e.g. `tc.apply(model)`, not `tc.apply(model.model)`)"
         )
-    inner = getattr(model, "model", None)
-    for seam in ("get_video_features", "get_rope_index"):
-        if not callable(getattr(inner, seam, None)):
-            raise RuntimeError(
-                f"{type(model).__name__}.model has no {seam}(): this transformers version's Qwen-VL seams "
-                "are not the ones token_compressor supports"
-            )
+    problem = patching.seam_problem(model, family)
+    if problem is not None:
+        raise RuntimeError(problem)
 
 
 def _apply_family(name: str, model=None, method=None, ratio=None, compress_images=False, keep_indices=False,
@@ -79,13 +75,21 @@ def _apply_family(name: str, model=None, method=None, ratio=None, compress_image
     if model is None:
         cls = family.model_class()
         patching.patch_class(cls, family, settings)
+        if family.composite is not None:
+            patching.patch_composite_class(family)
         if announce:
             logger.info("%s patched into the class %s (every instance)", describe(settings), cls.__name__)
         return None
-    _check_model(model, family)
-    patching.patch_instance(model, family, settings)
+    target = model
+    if family.composite is not None and isinstance(model, family.composite.model_class()):
+        # a whole Omni model: its thinker generates the text and is the model compressed
+        target = getattr(model, family.composite.part)
+    _check_model(target, family)
+    patching.patch_instance(target, family, settings)
+    if target is not model:
+        patching.patch_composite_instance(model, family)
     if announce:
-        logger.info("%s patched into this %s", describe(settings), type(model).__name__)
+        logger.info("%s patched into this %s", describe(settings), type(target).__name__)
     return model
 
 
@@ -129,6 +133,20 @@ def apply_to_qwen3_5_moe(model=None, method: Optional[str] = None, ratio: Option
     return _apply_family("qwen3_5_moe", model, method, ratio, compress_images, keep_indices, **options)
 
 
+def apply_to_qwen2_5_omni(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
+                          compress_images: bool = False, keep_indices: bool = False, **options):
+    """As `apply_to_qwen2_vl`, for Qwen2.5-Omni: the thinker class when `model` is None (the whole
+    model's generate calls it), else `model`, a thinker or a whole model (its thinker is patched).
+    Video tokens only, audio untouched; speech output from a compressed thinker is refused."""
+    return _apply_family("qwen2_5_omni", model, method, ratio, compress_images, keep_indices, **options)
+
+
+def apply_to_qwen3_omni_moe(model=None, method: Optional[str] = None, ratio: Optional[float] = None,
+                            compress_images: bool = False, keep_indices: bool = False, **options):
+    """As `apply_to_qwen2_5_omni`, for Qwen3-Omni (MoE; deepstack features pruned with the same indices)."""
+    return _apply_family("qwen3_omni_moe", model, method, ratio, compress_images, keep_indices, **options)
+
+
 def apply(model, method: Optional[str] = None, ratio: Optional[float] = None, compress_images: bool = False,
           keep_indices: bool = False, **options):
     """Patch one loaded model, dispatching on `model.config.model_type`; returns the model.
@@ -149,10 +167,15 @@ def revert(model=None) -> None:
     """Undo `apply`/`apply_to_*`: for `model` (its `last_stats` forgotten too), or every
     class-level patch when None."""
     if model is not None:
+        part = patching.compressed_part(model)
         patching.unpatch_instance(model)
+        if part is not model:
+            patching.unpatch_instance(part)
         return
     for family in FAMILIES.values():
         patching.unpatch_class(family.model_class())
+        if family.composite is not None:
+            patching.unpatch_class(family.composite.model_class())
 
 
 def apply_from_env() -> bool:
@@ -183,6 +206,6 @@ def last_stats(model) -> Optional[dict]:
     return patching.last_stats(model)
 
 
-__all__ = ["ConfigError", "apply", "apply_from_env", "apply_to_qwen2_5_vl", "apply_to_qwen2_vl",
-           "apply_to_qwen3_5", "apply_to_qwen3_5_moe", "apply_to_qwen3_vl", "apply_to_qwen3_vl_moe", "last_stats",
-           "revert"]
+__all__ = ["ConfigError", "apply", "apply_from_env", "apply_to_qwen2_5_omni", "apply_to_qwen2_5_vl", "apply_to_qwen2_vl",
+           "apply_to_qwen3_5", "apply_to_qwen3_5_moe", "apply_to_qwen3_omni_moe", "apply_to_qwen3_vl",
+           "apply_to_qwen3_vl_moe", "last_stats", "revert"]

@@ -129,10 +129,15 @@ class Uncompressible(SystemExit):
 
 
 def compressible(model) -> bool:
-    """Whether `model` is a class token-compressor patches (a supported `...ForConditionalGeneration`)."""
+    """Whether `model` is a class token-compressor patches (a supported `...ForConditionalGeneration`,
+    or a whole Omni model whose thinker is one) with the seams the patches use on this
+    transformers (the Omni thinkers have them from 5.21)."""
     from .models import FAMILIES
+    from .models.patching import compressed_part, seam_problem
 
-    return isinstance(model, tuple(f.model_class() for f in FAMILIES.values()))
+    classes = [f.model_class() for f in FAMILIES.values()]
+    classes += [f.composite.model_class() for f in FAMILIES.values() if f.composite is not None]
+    return isinstance(model, tuple(classes)) and seam_problem(compressed_part(model)) is None
 
 
 def _torch_models_of(lm) -> list:

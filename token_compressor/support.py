@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-# `config.model_type` of every Qwen-VL family the model patches handle.
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+# `config.model_type` of every Qwen-VL family the model patches handle (the Omni families: the
+# whole model and its thinker, `qwen2_5_omni_thinker` / `qwen3_omni_moe_thinker`).
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe",
+                         "qwen2_5_omni", "qwen3_omni_moe")
 
 # The transformers versions the library is tested with (PEP 440 specifiers): 5.17 (what the GPU
 # machines ship; inside vLLM 0.32's transformers<5.20) up to 5.25 (main.lock; 5.24 by the model

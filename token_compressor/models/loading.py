@@ -19,10 +19,21 @@ def _looks_like_path(name: str) -> bool:
     return os.path.exists(name) or name.startswith((".", "/", "~")) or (os.sep in name and name.count("/") != 1)
 
 
+def _command_line_types():
+    """The families the command line loads: not the Omni ones (a whole model with a thinker and
+    audio, loaded by other Auto classes and processors), which the Python API patches."""
+    from . import FAMILIES
+
+    return tuple(t for t in SUPPORTED_MODEL_TYPES if FAMILIES[t].composite is None)
+
+
 def _check_supported(name: str, model_type) -> None:
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(f"{name} holds a {model_type!r} model; supported Qwen-VL models: "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    types = _command_line_types()
+    if model_type not in types:
+        omni = any(model_type == f or str(model_type).startswith(f + "_") for f in SUPPORTED_MODEL_TYPES if f not in types)
+        raise ModelLoadError(f"{name} holds a {model_type!r} model; supported Qwen-VL models: {', '.join(types)}"
+                             + ("; Omni models are compressed through the Python API (tc.apply), see docs/models.md"
+                                if omni else ""))
 
 
 def check_model_folder(name: str) -> Optional[str]:

@@ -145,6 +145,25 @@ def _record(model, stats: PrefillStats) -> None:
     )
 
 
+def seam_problem(model, family=None) -> Optional[str]:
+    """Why `model` lacks the seams the patches use on this transformers (None when it has them):
+    `model.model` must have `get_video_features` and `get_rope_index` (transformers 5.17's Omni
+    thinker, for one, keeps them on itself around a bare text model)."""
+    inner = getattr(model, "model", None)
+    for seam in ("get_video_features", "get_rope_index"):
+        if not callable(getattr(inner, seam, None)):
+            note = f" ({family.seam_note})" if family is not None and family.seam_note else ""
+            return (f"{type(model).__name__}.model has no {seam}(): this transformers version's Qwen-VL seams "
+                    f"are not the ones token_compressor supports{note}")
+    return None
+
+
+def _check_seams(model, family) -> None:
+    problem = seam_problem(model, family)
+    if problem is not None:
+        raise RuntimeError(f"token_compressor cannot compress this call: {problem}")
+
+
 def _skip(model, settings: Settings, kwargs, reason: str) -> PrefillStats:
     n = visual_tokens_in(model, kwargs, settings)
     stats = PrefillStats(method=settings.method, ratio=settings.ratio, before=n, after=n, skipped=reason)
@@ -180,6 +199,7 @@ def make_forward(original, family):
             _skip(self, settings, kwargs, reason)
             with _Guard():
                 return original(self, **kwargs)
+        _check_seams(self, family)
         # what the unpatched forward hands the vision tower besides pixels and grids
         encoder_kwargs = {k: v for k, v in kwargs.items() if k not in _named_params(original) and k != "return_dict"}
         new_kwargs, stats, record = _compress(self, family, settings, kwargs, for_generate=False,
@@ -277,6 +297,7 @@ def _generate(self, original, family, kwargs):
         stats = _skip(self, settings, kwargs, reason)
         with _Guard():
             return original(self, **kwargs), stats
+    _check_seams(self, family)
     # generate never builds a graph: neither do the vision tower and the selection before it
     with torch.no_grad():
         mask = kwargs.get("attention_mask")
@@ -392,6 +413,41 @@ class _InstanceMethod:
         return self._model is model
 
 
+def make_composite_generate(original, family):
+    """`generate` of a whole model whose text comes from its patched part (Omni: the thinker):
+    the call goes through unchanged unless the part compresses and the call is one the family
+    refuses (`Composite.refuses`: speech output), which raises ValueError with the reason."""
+    composite = family.composite
+
+    @functools.wraps(original)
+    def generate(self, *args, **kwargs):
+        part = getattr(self, composite.part, None)
+        if part is not None and settings_of(part).enabled:
+            reason = composite.refuses(self, original, _bind(original, self, args, kwargs))
+            if reason is not None:
+                raise ValueError(f"token_compressor ({family.name}): {reason}")
+        return original(self, *args, **kwargs)
+
+    setattr(generate, ATTR_WRAPPED, original)
+    return generate
+
+
+def patch_composite_class(family) -> None:
+    """Guard the whole model's class `generate` (once) for a family whose model is a part."""
+    cls = family.composite.model_class()
+    if cls not in _CLASS_OWN:
+        _CLASS_OWN[cls] = {"generate": cls.__dict__.get("generate")}
+        cls.generate = make_composite_generate(cls.generate, family)
+
+
+def patch_composite_instance(model, family) -> None:
+    """Guard one whole model's `generate` (once); its part is patched with `patch_instance`."""
+    if "generate" not in model.__dict__:
+        cls = type(model)
+        model.__dict__["generate"] = make_composite_generate(getattr(cls, "generate"), family).__get__(model, cls)
+    model.__dict__[ATTR_FAMILY] = family.name
+
+
 def patch_instance(model, family, settings: Settings) -> None:
     """Instance-level patch (once); later calls only change the settings. A method entry that is
     not this model's wrapper (a model loaded by an older pickle, or a shallow copy holding the
@@ -409,7 +465,18 @@ def unpatch_instance(model) -> None:
         model.__dict__.pop(name, None)
 
 
+def compressed_part(model):
+    """The model whose calls are compressed: `model`, or its part for a whole Omni model patched
+    through `patch_composite_instance`/`patch_composite_class`."""
+    from . import FAMILIES
+
+    family = FAMILIES.get(getattr(getattr(model, "config", None), "model_type", None))
+    if family is not None and family.composite is not None and hasattr(model, family.composite.part):
+        return getattr(model, family.composite.part)
+    return model
+
+
 def last_stats(model) -> Optional[dict]:
-    box = model.__dict__.get(ATTR_STATS)
+    box = compressed_part(model).__dict__.get(ATTR_STATS)
     stats = box.stats if isinstance(box, _LastStats) else None
     return None if stats is None else stats.as_dict()

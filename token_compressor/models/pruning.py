@@ -279,20 +279,23 @@ def _call_with(fn, **kwargs):
     return fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
-def unpatched_positions(model, input_ids, attention_mask, kwargs, for_generate: bool) -> torch.Tensor:
+def unpatched_positions(model, input_ids, attention_mask, kwargs, for_generate: bool,
+                        extra: Optional[Dict[str, Any]] = None) -> torch.Tensor:
     """The position ids the unpatched model would use for this prefill, from transformers' own
     functions: `[4, B, L]` in `generate` (`_prepare_position_ids_for_generation`), `[3, B, L]` in a
-    direct forward (`compute_3d_position_ids`, or plain text positions where it returns None)."""
+    direct forward (`compute_3d_position_ids`, or plain text positions where it returns None).
+    `extra`: the family's further inputs of those functions (`Family.position_inputs`)."""
     grids = {k: kwargs.get(k) for k in _GRID_INPUTS}
+    extra = extra or {}
     if for_generate:
         model_kwargs = {k: v for k, v in dict(grids, attention_mask=attention_mask,
-                                              mm_token_type_ids=kwargs.get("mm_token_type_ids")).items()
+                                              mm_token_type_ids=kwargs.get("mm_token_type_ids"), **extra).items()
                         if v is not None}
         return model._prepare_position_ids_for_generation(input_ids, model_kwargs)
     pos = _call_with(model.model.compute_3d_position_ids, input_ids=input_ids, attention_mask=kwargs.get("attention_mask"),
                      mm_token_type_ids=kwargs.get("mm_token_type_ids"), inputs_embeds=kwargs.get("inputs_embeds"),
                      **{name: None for name in CACHE_NAMES},  # a prefill: no cache yet
-                     **grids)
+                     **grids, **extra)
     if pos is None:  # transformers falls back to text positions, the same on all three axes
         B, L = input_ids.shape
         pos = torch.arange(L, device=input_ids.device).view(1, 1, L).expand(3, B, L)
@@ -492,7 +495,8 @@ def compress_prefill(model, family, settings: Settings, kwargs: Dict[str, Any], 
 
     positions = kwargs.get("position_ids")
     if positions is None:
-        positions = unpatched_positions(model, input_ids, mask, kwargs, for_generate)
+        positions = unpatched_positions(model, input_ids, mask, kwargs, for_generate,
+                                        extra=family.position_inputs(kwargs, for_generate))
     if positions.dim() == 3 and positions.shape[0] == 4:
         positions = torch.cat([_renumber_text_row(positions[0], dropped).unsqueeze(0), positions[1:]], dim=0)
 
