@@ -13,7 +13,8 @@ import torch
 
 import token_compressor as tc
 from oracles import SPECIAL, as_inputs_embeds, explicit_pruned_inputs, greedy_uncached
-from tiny_models import FAMILIES, VIDEO, collate, make_sample, tiny_model
+from tiny_models import FAMILIES, OMNI, VIDEO, collate, make_sample, tiny_model
+from token_compressor.support import SUPPORTED_MODEL_TYPES
 
 BATCH_ATOL = 1e-5
 
@@ -238,7 +239,8 @@ def test_apply_from_env(monkeypatch):
     assert tc.apply_from_env() is True
     from token_compressor.models import FAMILIES as PATCHED, patching
 
-    assert list(PATCHED) == FAMILIES and all(patching.is_class_patched(f.model_class()) for f in PATCHED.values())
+    assert list(PATCHED) == list(SUPPORTED_MODEL_TYPES) == FAMILIES + OMNI
+    assert all(patching.is_class_patched(f.model_class()) for f in PATCHED.values())
     for family in ("qwen2_5_vl", "qwen3_5"):
         model = tiny_model(family)
         with torch.no_grad():
