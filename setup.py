@@ -42,7 +42,9 @@ INSTALL_REQUIRES = [
     "torch" + _support_floor("TORCH_RANGE"),
     "numpy>=2.0",
     "transformers" + _support_floor("TRANSFORMERS_RANGE"),
-    "packaging>=23",
+    # 24.2: setuptools >= 77, which builds this project (pyproject.toml's SPDX `license`), needs
+    # packaging.licenses from it; the oldest environment installs the project with its own packaging
+    "packaging>=24.2",
     "tqdm>=4.66.3",
 ]
 
