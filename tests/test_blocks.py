@@ -79,9 +79,16 @@ def test_l2_size_from_sysfs_and_fallback(tmp_path, monkeypatch):
     machine.l2_cache_bytes.cache_clear()
     try:
         assert machine.l2_cache_bytes() == 2 << 20
-        # 64 rows of 3584 fp32 channels in half of a 2 MiB L2 (the Xeon where 256-row blocks
-        # overflowed it); a 1 MiB L2 gets half as many
-        assert machine.block_rows(4 * 3584) == 73
+        # two fp32 buffers of 3584 channels in a 2 MiB L2: 73 rows (64-row blocks were faster than
+        # 256-row ones on the Xeon where these overflowed it); a 4 MiB L2 holds twice as many
+        assert machine.block_rows(4 * 3584, buffers=2) == 73
+        (tmp_path / "index2" / "size").write_text("4M\n")
+        machine.l2_cache_bytes.cache_clear()
+        assert machine.block_rows(4 * 3584, buffers=2) == 146
+        # a 1 MiB L2 would give 36 rows: the floor against per-operation costs keeps 73
+        (tmp_path / "index2" / "size").write_text("1024K\n")
+        machine.l2_cache_bytes.cache_clear()
+        assert machine.block_rows(4 * 3584, buffers=2) == 73
         monkeypatch.setattr(machine, "_CACHE_DIR", tmp_path / "absent")
         monkeypatch.setattr(machine.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
         machine.l2_cache_bytes.cache_clear()

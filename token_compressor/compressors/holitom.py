@@ -42,7 +42,7 @@ from .dpc import dpc_knn, jitter_draws, pad_jitter
 
 POSITIONS = ("linspace", "centres")
 # Rows per block of the norms-and-cosines pass: None sizes them from the machine's L2 (three fp32
-# buffers in half of it); an int overrides (tests move the block boundaries).
+# buffers, `machine.block_rows`); an int overrides (tests move the block boundaries).
 BLOCK_ROWS = None
 # The DPC-kNN merges run on groups of sets (windows, frames) whose fp32 points take at most this
 # much, and at most 1/GROUP_SHARE of the input's bytes (at least one set per group): holding every

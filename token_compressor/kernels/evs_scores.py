@@ -1,12 +1,13 @@
-"""vLLM's EVS dissimilarities in plain torch, frame block by frame block.
+"""vLLM's EVS dissimilarities in plain torch, cache-sized block by block.
 
 vLLM scores a video with `1 - F.cosine_similarity(x[1:], x[:-1], dim=-1)`, which (torch's ATen
 implementation) normalises each row first, `x / max(|x|, eps)` with `|x| = linalg.vector_norm`,
 then sums the elementwise product of the two unit rows. On a whole video that materialises four
 `[T-1, N, D]` tensors (two normalised copies, their product, and an fp32 copy of half input).
-Here the same elementwise operations run on blocks of a few frames through reused fp32 buffers:
-each frame is upcast and normalised once (it serves two pairs) and the product of a block lives
-in cache. Same operations on the same values in the same order, so the dissimilarities are the
+Here the same elementwise operations run on cache-sized blocks (a few frames, or a chunk of a
+frame's tokens taken through every frame) through reused fp32 buffers: each row is upcast and
+normalised once (it serves two pairs) and the product of a block lives in cache. The one pass
+also vouches for `select`'s input check (`ranges.vouch_for_input`), so the video is read once. Same operations on the same values in the same order, so the dissimilarities are the
 ones `F.cosine_similarity` gives on the fp32 input (tested bitwise), and the selection is exactly
 vLLM's from fp32 input.
 """
@@ -25,7 +26,7 @@ COSINE_EPS = 1e-8
 # vLLM's EVS marks the first frame with this dissimilarity so that it always survives.
 FIRST_FRAME_DISSIMILARITY = 255.0
 # Rows per block: None sizes them from the machine's L2 (`machine.block_rows`: a block's three
-# fp32 buffers in half the L2); an int overrides (tests move the block boundaries). When a frame
+# fp32 buffers in the L2, with a floor against per-operation costs); an int overrides (tests move the block boundaries). When a frame
 # is larger than a block, the video is read token-chunk by token-chunk through all frames, so
 # that the previous frame's unit rows of the same tokens are still in the other buffer.
 BLOCK_ROWS: Optional[int] = None

@@ -19,8 +19,8 @@ from .ranges import downscale_for_range, vouch_for_input
 
 EPS = 1e-12
 SCALES = (0.125, 0.25, 0.5, 1.0, 2.0)
-# Rows per block of every pass: None sizes them from the machine's L2 (`machine.block_rows`, two
-# fp32 buffers of a block in half the L2); an int overrides (tests move block boundaries). One
+# Rows per block of every pass: None sizes them from the machine's L2 (`machine.block_rows`: a
+# block's two fp32 buffers in the L2, with a floor against per-operation costs); an int overrides (tests move block boundaries). One
 # frame per block (256 rows x 3584 channels x 4 bytes = 3.5 MiB) overflowed a 2 MiB L2, and
 # the frame centres need no whole frame in a block: they are summed over the frame's blocks.
 BLOCK_ROWS: Optional[int] = None
