@@ -12,20 +12,52 @@ frames or anchors.
 
 Scoring (norms, similarities, means) is fp32 from any input dtype (the authors compute in the
 model's dtype); the returned rows are in the input dtype. At r = 1 every token is kept unchanged.
+
+bf16 screening (the cosine Gram matrix of a frame's remaining tokens is nearly all of the work).
+For bf16 input on a CPU whose bf16 matrix product is faster than its fp32 one (AMX, AVX-512-BF16:
+`bf16_screen_pays`), the Gram is computed in bf16 and only *screens*: every decision that the
+bf16 values cannot settle within their error bound is re-checked on fp32 rows computed exactly as
+the plain fp32 path computes them. The decisions (the density ranking that picks the anchors, and
+every token's most similar anchor) are then those of the plain fp32 path.
+
+The error bound (`screen_band`). Rows x, y of a frame (bf16 values), m = max(|x|, eps), the
+exact cosine c = x.y / (m_x m_y). u = 2^-24 (fp32), u_b = 2^-8 (bf16, round to nearest),
+gamma_D = D u / (1 - D u). The product of two bf16 numbers is exact in fp32; the bf16 matrix
+product accumulates in fp32 (any order: error <= gamma_D sum|x_k y_k| <= gamma_D |x||y|, by
+Cauchy-Schwarz) and rounds the result to bf16 (relative error <= u_b). The fp32 inverse norms
+carry a relative error eta <= gamma_D / 2 + 2u (a sum of squares, a square root, a reciprocal).
+So the screened cosine c~ = (S * inv_x) * inv_y satisfies
+    |c~ - c| <= (u_b / (1 - u_b) + 2u) |c~| + gamma_D + 2 eta  (+ second-order terms),
+and the plain fp32 path's cosine c^ (fp32 Gram, same inverse norms) satisfies
+    |c^ - c| <= gamma_D + 2 eta + 2u |c^|.
+The band used, |c~ - c^| <= A |c~| + B, takes both: A = 1.02 (u_b / (1 - u_b) + 4u),
+B = 1.02 (2 gamma_D + 4 eta) (the factor 1.02 covers the second-order terms: every first-order
+term is below 0.005), plus D 2^-125 (1 + |x|)(1 + |y|) inv_x inv_y for subnormal inputs and
+products that the bf16 instructions flush to zero (negligible unless a row is nearly zero, where
+it makes the whole row re-checked). At D = 3584: A = 0.0040, B = 8.7e-4.
+A density (the mean of ranks 2..6 of a row) moves by at most the row's largest band (order
+statistics are 1-Lipschitz in the max norm), plus 12u for the two fp32 means.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import time
+from typing import Optional, Tuple
 
 import torch
 
 from ..config import check_method_options
+from ..kernels.threads import caller_threads
 from ..kernels.torch_scores import EPS, _Blocks
 from ..registry import register_compressor
 
 
 # rows per block of whole frames (4 frames of 256 tokens: a 14 MiB fp32 buffer)
 FRAME_BLOCK_ROWS = 1024
+U32 = 2.0**-24  # fp32 unit roundoff
+U_BF16 = 2.0**-8  # bf16 unit roundoff (8-bit significand, round to nearest even)
+# "auto": screen in bf16 where `bf16_screen_pays`; "bf16": always (bf16 input); "fp32": never
+GRAM_SCREEN = "fp32"
+_PAYS = {}
 
 
 def visionzip_counts(tokens_per_frame: int, ratio: float, dominant_ratio: float = 0.6) -> Tuple[int, int]:
@@ -36,15 +68,118 @@ def visionzip_counts(tokens_per_frame: int, ratio: float, dominant_ratio: float 
     return dominant, K - dominant
 
 
-def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def screen_band(D: int) -> Tuple[float, float]:
+    """`(A, B)`: a bf16-screened cosine c~ of two D-channel bf16 rows lies within `A |c~| + B`
+    of the plain fp32 path's cosine (and of the exact one); see the module docstring."""
+    gamma = D * U32 / (1 - D * U32)
+    eta = gamma / 2 + 2 * U32
+    return 1.02 * (U_BF16 / (1 - U_BF16) + 4 * U32), 1.02 * (2 * gamma + 4 * eta)
+
+
+def _cpu_has_bf16_matmul() -> bool:
+    """The CPU advertises bf16 dot-product instructions (AMX-BF16 or AVX-512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def bf16_screen_pays(device: torch.device) -> bool:
+    """Whether VisionZip screens its Gram matrices in bf16 on `device` (decided once per process):
+    CPU only, with AMX-BF16 or AVX-512-BF16, where torch's bf16 product accumulates in fp32 (a
+    probe whose bf16-accumulated sum would lose every small term) and a frame-sized bf16 Gram
+    takes under 0.75 of the fp32 one (best of 3, interleaved; the re-checks cost the rest)."""
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        return False
+    if "cpu" not in _PAYS:
+        _PAYS["cpu"] = _calibrate()
+    return _PAYS["cpu"]
+
+
+def _calibrate() -> bool:
+    if not _cpu_has_bf16_matmul():
+        return False
+    g = torch.Generator().manual_seed(0)
+    a32 = torch.randn(4, 224, 1024, generator=g)
+    a16 = a32.bfloat16()
+    # fp32 accumulation: 1 + 1023 * 2^-9 = 2.998 (bf16 accumulation would stay at 1)
+    probe = torch.zeros(2, 1024, dtype=torch.bfloat16)
+    probe[0, 0], probe[0, 1:], probe[1] = 1.0, 2.0**-9, 1.0
+    a16[0, :2] = probe
+    if not float(torch.bmm(a16, a16.transpose(1, 2))[0, 0, 1]) > 2.9:
+        return False
+    t16, t32 = [], []
+    for _ in range(3):
+        for a, t in ((a16, t16), (a32, t32)):
+            t0 = time.perf_counter()
+            torch.bmm(a, a.transpose(1, 2))
+            t.append(time.perf_counter() - t0)
+    return min(t16) < 0.75 * min(t32)
+
+
+def _use_bf16_screen(dtype: torch.dtype, device: torch.device) -> bool:
+    if dtype != torch.bfloat16 or GRAM_SCREEN == "fp32":
+        return False
+    return GRAM_SCREEN == "bf16" or bf16_screen_pays(device)
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`x[f, index[f, j]]` for x `[F, M, D]`, index `[F, J]` -> `[F, J, D]`, as one row
-    index_select (a `gather` with an expanded index is several times slower on CPU)."""
+    index_select (a `gather` with an expanded index is several times slower on CPU), into `out`
+    (a reused buffer of at least F*J*D elements) when given."""
     F_, M, D = x.shape
     flat = (index + torch.arange(F_, device=index.device).unsqueeze(1) * M).reshape(-1)
-    return x.reshape(F_ * M, D).index_select(0, flat).view(F_, index.shape[1], D)
+    if out is None:
+        return x.reshape(F_ * M, D).index_select(0, flat).view(F_, index.shape[1], D)
+    buf = out.view(-1)[: flat.numel() * D].view(flat.numel(), D)
+    return torch.index_select(x.reshape(F_ * M, D), 0, flat, out=buf).view(F_, index.shape[1], D)
 
 
-def contextual_anchors(rest: torch.Tensor, inv_norm: torch.Tensor, contextual: int, k_neighbors: int):
+class _Workspace:
+    """Buffers reused from one block of frames to the next (a fresh multi-MiB tensor per block
+    is a fresh mmap whose page faults cost more than the copy itself on CPU)."""
+
+    def __init__(self):
+        self.bufs = {}
+
+    def get(self, name: str, shape, dtype, device) -> torch.Tensor:
+        n = 1
+        for v in shape:
+            n *= v
+        buf = self.bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+            buf = self.bufs[name] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(*shape)
+
+
+def _padded(mask: torch.Tensor):
+    """bool `[F, n]` -> (index int64 `[F, U]` of the True entries, ascending, padded with 0;
+    valid bool `[F, U]`), U = the largest count (0 if none)."""
+    F_, n = mask.shape
+    U = int(mask.sum(1).max()) if mask.numel() else 0
+    ar = torch.arange(n, device=mask.device)
+    idx = torch.sort(torch.where(mask, ar, n), dim=1).values[:, :U]
+    valid = idx < n
+    return idx.clamp(max=n - 1), valid
+
+
+def _cosine_rows(rest: torch.Tensor, inv_norm: torch.Tensor, rows: torch.Tensor, cols: Optional[torch.Tensor] = None):
+    """fp32 cosines of rows `rows` `[F, U]` of `rest` `[F, n, D]` against every row (or the rows
+    `cols` `[F, c]`), computed as the plain path computes the whole matrix: `[F, U, n or c]`."""
+    a = _rows(rest, rows)
+    b = rest if cols is None else _rows(rest, cols)
+    inv_b = inv_norm if cols is None else inv_norm.gather(1, cols)
+    with caller_threads():
+        s = torch.bmm(a, b.transpose(1, 2))
+    return s.mul_(inv_norm.gather(1, rows).unsqueeze(2)).mul_(inv_b.unsqueeze(1))
+
+
+def contextual_anchors(rest: torch.Tensor, inv_norm: torch.Tensor, contextual: int, k_neighbors: int,
+                       rest_bf16: Optional[torch.Tensor] = None, stats: Optional[dict] = None,
+                       ws: Optional[_Workspace] = None):
     """Density anchors and the merged groups among every frame's non-dominant tokens.
 
     Args:
@@ -52,38 +187,102 @@ def contextual_anchors(rest: torch.Tensor, inv_norm: torch.Tensor, contextual: i
         inv_norm: fp32 `[F, n]`, `1 / max(|rest|, eps)`.
         contextual: anchors per frame, 1 <= contextual < n.
         k_neighbors: neighbours in the density.
+        rest_bf16: the same rows in bf16 (exactly `rest`'s values: bf16 input) to screen the Gram
+            matrix in bf16 (module docstring); None: the plain fp32 Gram.
+        stats: if given, receives the counts of re-checked rows ("density", "assign").
+        ws: reused buffers (one per video), or None.
     Returns:
         (anchors int64 `[F, c]`, ascending indices into `rest`; merged fp32 `[F, c, D]`: the mean
         of every remaining token whose most similar anchor it is, the anchor itself included).
     """
     F_, n, D = rest.shape
-    # cosines of the normalised rows, without materialising them
-    sim = torch.bmm(rest, rest.transpose(1, 2)).mul_(inv_norm.unsqueeze(2)).mul_(inv_norm.unsqueeze(1))
-    # the largest similarity of a row is normally its own (1): the authors drop it
-    density = sim.topk(min(k_neighbors + 1, n), dim=-1).values[..., 1:].mean(dim=-1)
-    anchors = density.topk(contextual, dim=-1).indices.sort(dim=-1).values  # [F, c]
-    to_anchor = sim.gather(2, anchors.unsqueeze(1).expand(F_, n, contextual))  # [F, n, c]
-    group = to_anchor.argmax(dim=-1)  # [F, n], first maximum on ties
+    kk = min(k_neighbors + 1, n)
+    ws = ws or _Workspace()
+    if rest_bf16 is None:
+        # cosines of the normalised rows, without materialising them
+        with caller_threads():
+            sim = torch.bmm(rest, rest.transpose(1, 2), out=ws.get("sim", (F_, n, n), rest.dtype, rest.device))
+        sim.mul_(inv_norm.unsqueeze(2)).mul_(inv_norm.unsqueeze(1))
+        # the largest similarity of a row is normally its own (1): the authors drop it
+        density = sim.topk(kk, dim=-1).values[..., 1:].mean(dim=-1)
+        anchors = density.topk(contextual, dim=-1).indices.sort(dim=-1).values  # [F, c]
+        to_anchor = sim.gather(2, anchors.unsqueeze(1).expand(F_, n, contextual))  # [F, n, c]
+        group = to_anchor.argmax(dim=-1)  # [F, n], first maximum on ties
+    else:
+        anchors, group = _screened_decisions(rest, inv_norm, rest_bf16, contextual, kk, stats)
     # group sums as one matmul with the one-hot assignment (exact 0/1 weights: a lone anchor
     # stays a bitwise copy); much faster on CPU than a scatter-add over [F, n, D]
     onehot = torch.zeros(F_, contextual, n, dtype=rest.dtype, device=rest.device)
     onehot.scatter_(1, group.unsqueeze(1), 1.0)
     counts = onehot.sum(dim=2, keepdim=True)  # [F, c, 1], >= 1 for an anchor that is its own best
     sums = torch.bmm(onehot, rest)
-    anchor_rows = _rows(rest, anchors)
+    anchor_rows = _rows(rest, anchors, ws.get("anchor_rows", (F_, contextual, D), rest.dtype, rest.device))
     merged = torch.where(counts > 0, sums / counts.clamp(min=1), anchor_rows)
     return anchors, merged
 
 
-def visionzip_frames(frames: torch.Tensor, dominant: int, contextual: int, k_neighbors: int):
+def _screened_decisions(rest, inv_norm, rest_bf16, contextual, kk, stats):
+    """The plain path's (anchors, group) from a bf16 Gram and fp32 re-checks of the rows that
+    its error band leaves undecided."""
+    F_, n, D = rest.shape
+    A, B = screen_band(D)
+    with caller_threads():
+        sim = torch.bmm(rest_bf16, rest_bf16.transpose(1, 2)).float()
+    sim.mul_(inv_norm.unsqueeze(2)).mul_(inv_norm.unsqueeze(1))
+    # per-row part of the subnormal-flush term, D 2^-125 (1 + |x|)(1 + |y|) inv_x inv_y
+    tiny = (inv_norm + 1.01) * (D * 2.0**-125) ** 0.5  # |x| inv_x <= 1 + eta
+    err_rows = sim.abs().amax(-1).mul_(A).add_(B) + tiny * tiny.amax(-1, keepdim=True)  # [F, n]
+
+    # density = mean of ranks 2..kk of the row; within err_rows + 12u of the plain path's
+    density = sim.topk(kk, dim=-1).values[..., 1:].mean(dim=-1)
+    band = err_rows + 12 * U32
+    lo, hi = density - band, density + band
+    # certainly among the top c: fewer than c others could reach it; certainly out: c others
+    # are certainly above it. The rest is re-checked.
+    could_beat = (hi.unsqueeze(1) >= lo.unsqueeze(2)).sum(-1) - 1
+    beaten = (lo.unsqueeze(1) > hi.unsqueeze(2)).sum(-1)
+    unsure = (could_beat >= contextual) & (beaten < contextual)
+    key = density
+    if bool(unsure.any()):
+        rows, valid = _padded(unsure)
+        exact = _cosine_rows(rest, inv_norm, rows).topk(kk, dim=-1).values[..., 1:].mean(dim=-1)
+        key = density.clone()
+        fi, ui = valid.nonzero(as_tuple=True)
+        key[fi, rows[fi, ui]] = exact[fi, ui]
+    anchors = key.topk(contextual, dim=-1).indices.sort(dim=-1).values  # [F, c]
+
+    # most similar anchor: decided where one anchor's lower bound clears every other's upper one
+    to_anchor = sim.gather(2, anchors.unsqueeze(1).expand(F_, n, contextual))  # [F, n, c]
+    err = to_anchor.abs().mul_(A).add_(B).add_(tiny.unsqueeze(2) * tiny.gather(1, anchors).unsqueeze(1))
+    lo_a = to_anchor - err
+    best_lo = lo_a.amax(-1, keepdim=True)
+    group = lo_a.argmax(dim=-1)
+    unsure_a = ((to_anchor + err) >= best_lo).sum(-1) > 1
+    if bool(unsure_a.any()):
+        rows, valid = _padded(unsure_a)
+        exact = _cosine_rows(rest, inv_norm, rows, anchors).argmax(dim=-1)  # [F, U], first maximum
+        fi, ui = valid.nonzero(as_tuple=True)
+        group[fi, rows[fi, ui]] = exact[fi, ui]
+    if stats is not None:
+        stats["density"] = stats.get("density", 0) + int(unsure.sum())
+        stats["assign"] = stats.get("assign", 0) + int(unsure_a.sum())
+    return anchors, group
+
+
+def visionzip_frames(frames: torch.Tensor, dominant: int, contextual: int, k_neighbors: int,
+                     frames_bf16: Optional[torch.Tensor] = None, stats: Optional[dict] = None,
+                     ws: Optional[_Workspace] = None):
     """VisionZip on a block of frames at once.
 
     Args:
         frames: fp32 `[F, N, D]`.
+        frames_bf16: the same values in bf16 (bf16 input) to screen the Gram in bf16, or None.
     Returns:
         (positions int64 `[F, K]` ascending, rows fp32 `[F, K, D]`), `K = dominant + contextual`.
     """
     F_, N, D = frames.shape
+    ws = ws or _Workspace()
+    dev = frames.device
     norms = torch.linalg.vector_norm(frames, dim=-1)  # [F, N], stands in for the encoder's attention
     dom = norms.topk(dominant, dim=-1).indices
     pos, rows = dom, _rows(frames, dom)
@@ -91,9 +290,11 @@ def visionzip_frames(frames: torch.Tensor, dominant: int, contextual: int, k_nei
         is_dom = torch.zeros(F_, N, dtype=torch.bool, device=frames.device).scatter_(1, dom, True)
         n = N - dominant
         rest_pos = (~is_dom).nonzero()[:, 1].view(F_, n)  # ascending per frame
-        rest = _rows(frames, rest_pos)
+        rest = _rows(frames, rest_pos, ws.get("rest", (F_, n, D), frames.dtype, dev))
+        rest16 = None if frames_bf16 is None else _rows(frames_bf16, rest_pos,
+                                                        ws.get("rest16", (F_, n, D), frames_bf16.dtype, dev))
         inv = norms.gather(1, rest_pos).clamp_min_(EPS).reciprocal_()
-        anchors, merged = contextual_anchors(rest, inv, contextual, k_neighbors)
+        anchors, merged = contextual_anchors(rest, inv, contextual, k_neighbors, rest16, stats, ws)
         pos = torch.cat([dom, rest_pos.gather(1, anchors)], dim=1)
         rows = torch.cat([rows, merged], dim=1)
     order = pos.argsort(dim=1)
@@ -122,10 +323,14 @@ def visionzip(features: torch.Tensor, ratio: float, *, dominant_ratio: float = 0
         return torch.ones(T, N, dtype=torch.bool, device=features.device), features.reshape(T * N, D).clone()
     mask = torch.zeros(T, N, dtype=torch.bool, device=features.device)
     rows = torch.empty(T, K, D, dtype=features.dtype, device=features.device)
+    flat = features.reshape(T * N, D)
+    screen = contextual > 0 and _use_bf16_screen(features.dtype, features.device)
+    ws = _Workspace()
     # frames are independent: blocks of whole frames, upcast to fp32 in a reused buffer
-    for s, e, block, _ in _Blocks(features.reshape(T * N, D), max(1, FRAME_BLOCK_ROWS // N) * N):
+    for s, e, block, _ in _Blocks(flat, max(1, FRAME_BLOCK_ROWS // N) * N):
         f0, f1 = s // N, e // N
-        pos, kept = visionzip_frames(block.view(f1 - f0, N, D), dominant, contextual, k_neighbors)
+        lp = flat[s:e].view(f1 - f0, N, D) if screen else None
+        pos, kept = visionzip_frames(block.view(f1 - f0, N, D), dominant, contextual, k_neighbors, lp, ws=ws)
         mask[f0:f1].scatter_(1, pos, True)
         rows[f0:f1] = kept  # dominant rows round-trip exactly to the input dtype
     return mask, rows.reshape(T * K, D)

@@ -17,6 +17,10 @@ from contextlib import contextmanager
 import torch
 
 SELECTION_THREADS = 1
+# the caller's thread count while `selection_threads` holds torch at SELECTION_THREADS (None
+# outside it): the few large matrix products inside a selection (VisionZip's and FastVID's
+# Gram matrices, ~1 GFLOP each) run on it again (`caller_threads`)
+_CALLER_THREADS = None
 
 
 @contextmanager
@@ -27,6 +31,26 @@ def selection_threads(device: torch.device):
     before = torch.get_num_threads()
     n = min(SELECTION_THREADS, before)
     if torch.device(device).type != "cpu" or n == before:
+        yield
+        return
+    global _CALLER_THREADS
+    outer, _CALLER_THREADS = _CALLER_THREADS, before
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _CALLER_THREADS = outer
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def caller_threads():
+    """Inside `selection_threads`: torch runs on the caller's thread count again for the block
+    (one large product amortises the per-operation barrier that makes many small ones slower on
+    several threads); elsewhere a no-op."""
+    n = _CALLER_THREADS
+    before = torch.get_num_threads()
+    if n is None or n == before:
         yield
         return
     torch.set_num_threads(n)
