@@ -57,6 +57,8 @@ U32 = 2.0**-24  # fp32 unit roundoff
 U_BF16 = 2.0**-8  # bf16 unit roundoff (8-bit significand, round to nearest even)
 # "auto": screen in bf16 where `bf16_screen_pays`; "bf16": always (bf16 input); "fp32": never
 GRAM_SCREEN = "fp32"
+# tests switch the fp32 re-checks off to show that the bf16 values alone decide differently
+_RECHECK = True
 _PAYS = {}
 
 
@@ -243,7 +245,7 @@ def _screened_decisions(rest, inv_norm, rest_bf16, contextual, kk, stats):
     beaten = (lo.unsqueeze(1) > hi.unsqueeze(2)).sum(-1)
     unsure = (could_beat >= contextual) & (beaten < contextual)
     key = density
-    if bool(unsure.any()):
+    if _RECHECK and bool(unsure.any()):
         rows, valid = _padded(unsure)
         exact = _cosine_rows(rest, inv_norm, rows).topk(kk, dim=-1).values[..., 1:].mean(dim=-1)
         key = density.clone()
@@ -258,7 +260,7 @@ def _screened_decisions(rest, inv_norm, rest_bf16, contextual, kk, stats):
     best_lo = lo_a.amax(-1, keepdim=True)
     group = lo_a.argmax(dim=-1)
     unsure_a = ((to_anchor + err) >= best_lo).sum(-1) > 1
-    if bool(unsure_a.any()):
+    if _RECHECK and bool(unsure_a.any()):
         rows, valid = _padded(unsure_a)
         exact = _cosine_rows(rest, inv_norm, rows, anchors).argmax(dim=-1)  # [F, U], first maximum
         fi, ui = valid.nonzero(as_tuple=True)
