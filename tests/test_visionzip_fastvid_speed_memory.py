@@ -104,9 +104,33 @@ def test_golden_parity_with_the_bf16_screen_forced(monkeypatch, name):
     assert_features_match(tc.select(z["x32"], z["T"], z["ratio"], method="visionzip").features, z)
 
 
-def test_screen_decision_is_a_bool_and_cpu_only():
-    assert vz.bf16_screen_pays(torch.device("cpu")) in (True, False)
-    assert vz.bf16_screen_pays(torch.device("meta")) is False
+def test_screen_budget_is_a_share_and_cpu_only():
+    assert 0.0 <= vz.bf16_screen_pays(torch.device("cpu")) < 0.8
+    assert vz.bf16_screen_pays(torch.device("meta")) == 0.0
+
+
+def test_auto_screen_gives_the_plain_result_on_a_video_too_close_for_bf16(monkeypatch):
+    # random frames: nearly every density within the bf16 band; whatever "auto" decides on this
+    # CPU (screen the first block, then plain; or never), the result is the plain path's
+    def gated(x):  # every frame's decisions have float64 margins >= 1e-5
+        dominant, contextual = vz.visionzip_counts(x.shape[1], 0.25)
+        x = x.float()
+        for f in x:
+            dom = torch.zeros(f.shape[0], dtype=torch.bool)
+            dom[f.double().norm(dim=-1).topk(dominant).indices] = True
+            if not _clear_margins(f[~dom].unsqueeze(0), contextual):
+                return False
+        return True
+
+    videos = (torch.randn(12, 64, 128, generator=torch.Generator().manual_seed(s)).bfloat16() for s in range(30))
+    x = next((v for v in videos if gated(v)), None)
+    assert x is not None, "no random video with clear margins"
+    monkeypatch.setattr(vz, "GRAM_SCREEN", "fp32")
+    plain = vz.visionzip(x, 0.25)
+    for mode in ("auto", "bf16"):
+        monkeypatch.setattr(vz, "GRAM_SCREEN", mode)
+        got = vz.visionzip(x, 0.25)
+        assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1]), mode
 
 
 def test_caller_threads_restores_the_callers_count_inside_a_selection():

@@ -18,7 +18,13 @@ For bf16 input on a CPU whose bf16 matrix product is faster than its fp32 one (A
 `bf16_screen_pays`), the Gram is computed in bf16 and only *screens*: every decision that the
 bf16 values cannot settle within their error bound is re-checked on fp32 rows computed exactly as
 the plain fp32 path computes them. The decisions (the density ranking that picks the anchors, and
-every token's most similar anchor) are then those of the plain fp32 path.
+every token's most similar anchor) are then those of the plain fp32 path. torch has no CPU product
+of bf16 matrices with an fp32 result, so the screened values are rounded to bf16 (8 bits): the
+band is ~0.4 % of a cosine, and where a frame's densities lie closer than that most rows need a
+re-check. A video therefore stops screening after a block whose re-checked share exceeds what the
+faster product saves (`bf16_screen_pays`). Measured on the 2-core AMD EPYC (AVX-512-BF16, bf16
+Gram 1.5x faster than fp32): the synthetic benchmark video re-checks 66 % of its rows' densities
+and random frames 94 %, so there the first block screens and the rest run plain fp32.
 
 The error bound (`screen_band`). Rows x, y of a frame (bf16 values), m = max(|x|, eps), the
 exact cosine c = x.y / (m_x m_y). u = 2^-24 (fp32), u_b = 2^-8 (bf16, round to nearest),
@@ -55,8 +61,9 @@ from ..registry import register_compressor
 FRAME_BLOCK_ROWS = 1024
 U32 = 2.0**-24  # fp32 unit roundoff
 U_BF16 = 2.0**-8  # bf16 unit roundoff (8-bit significand, round to nearest even)
-# "auto": screen in bf16 where `bf16_screen_pays`; "bf16": always (bf16 input); "fp32": never
-GRAM_SCREEN = "fp32"
+# "auto": screen in bf16 where `bf16_screen_pays`, and only while the re-checked share of rows
+# stays below what the faster product saves; "bf16": always (bf16 input); "fp32": never
+GRAM_SCREEN = "auto"
 # tests switch the fp32 re-checks off to show that the bf16 values alone decide differently
 _RECHECK = True
 _PAYS = {}
@@ -88,22 +95,25 @@ def _cpu_has_bf16_matmul() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def bf16_screen_pays(device: torch.device) -> bool:
+def bf16_screen_pays(device: torch.device) -> float:
     """Whether VisionZip screens its Gram matrices in bf16 on `device` (decided once per process):
     CPU only, with AMX-BF16 or AVX-512-BF16, where torch's bf16 product accumulates in fp32 (a
     probe whose bf16-accumulated sum would lose every small term) and a frame-sized bf16 Gram
-    takes under 0.75 of the fp32 one (best of 3, interleaved; the re-checks cost the rest)."""
+    takes under 0.75 of the fp32 one (best of 3, interleaved; the re-checks cost the rest).
+    Returns the share of a frame's rows that may be re-checked before screening costs more
+    than the plain fp32 Gram (a re-checked row costs one fp32 Gram row): 0.8 (1 - t_bf16 /
+    t_fp32), or 0.0 where it does not pay."""
     dev = torch.device(device)
     if dev.type != "cpu":
-        return False
+        return 0.0
     if "cpu" not in _PAYS:
         _PAYS["cpu"] = _calibrate()
     return _PAYS["cpu"]
 
 
-def _calibrate() -> bool:
+def _calibrate() -> float:
     if not _cpu_has_bf16_matmul():
-        return False
+        return 0.0
     g = torch.Generator().manual_seed(0)
     a32 = torch.randn(4, 224, 1024, generator=g)
     a16 = a32.bfloat16()
@@ -112,20 +122,22 @@ def _calibrate() -> bool:
     probe[0, 0], probe[0, 1:], probe[1] = 1.0, 2.0**-9, 1.0
     a16[0, :2] = probe
     if not float(torch.bmm(a16, a16.transpose(1, 2))[0, 0, 1]) > 2.9:
-        return False
+        return 0.0
     t16, t32 = [], []
     for _ in range(3):
         for a, t in ((a16, t16), (a32, t32)):
             t0 = time.perf_counter()
             torch.bmm(a, a.transpose(1, 2))
             t.append(time.perf_counter() - t0)
-    return min(t16) < 0.75 * min(t32)
+    ratio = min(t16) / min(t32)
+    return 0.8 * (1.0 - ratio) if ratio < 0.75 else 0.0
 
 
-def _use_bf16_screen(dtype: torch.dtype, device: torch.device) -> bool:
+def _screen_budget(dtype: torch.dtype, device: torch.device) -> float:
+    """The largest share of re-checked rows at which a video keeps screening (0: never)."""
     if dtype != torch.bfloat16 or GRAM_SCREEN == "fp32":
-        return False
-    return GRAM_SCREEN == "bf16" or bf16_screen_pays(device)
+        return 0.0
+    return 1.0 if GRAM_SCREEN == "bf16" else bf16_screen_pays(device)
 
 
 def _rows(x: torch.Tensor, index: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -326,13 +338,16 @@ def visionzip(features: torch.Tensor, ratio: float, *, dominant_ratio: float = 0
     mask = torch.zeros(T, N, dtype=torch.bool, device=features.device)
     rows = torch.empty(T, K, D, dtype=features.dtype, device=features.device)
     flat = features.reshape(T * N, D)
-    screen = contextual > 0 and _use_bf16_screen(features.dtype, features.device)
+    budget = _screen_budget(features.dtype, features.device) if contextual > 0 else 0.0
     ws = _Workspace()
     # frames are independent: blocks of whole frames, upcast to fp32 in a reused buffer
     for s, e, block, _ in _Blocks(flat, max(1, FRAME_BLOCK_ROWS // N) * N):
         f0, f1 = s // N, e // N
-        lp = flat[s:e].view(f1 - f0, N, D) if screen else None
-        pos, kept = visionzip_frames(block.view(f1 - f0, N, D), dominant, contextual, k_neighbors, lp, ws=ws)
+        lp = flat[s:e].view(f1 - f0, N, D) if budget > 0 else None
+        stats = {} if budget > 0 else None
+        pos, kept = visionzip_frames(block.view(f1 - f0, N, D), dominant, contextual, k_neighbors, lp, stats, ws)
+        if stats is not None and stats["density"] > budget * (f1 - f0) * (N - dominant):
+            budget = 0.0  # this video's densities are too close for bf16: plain fp32 from here
         mask[f0:f1].scatter_(1, pos, True)
         rows[f0:f1] = kept  # dominant rows round-trip exactly to the input dtype
     return mask, rows.reshape(T * K, D)
