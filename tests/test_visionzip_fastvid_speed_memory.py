@@ -105,7 +105,7 @@ def test_golden_parity_with_the_bf16_screen_forced(monkeypatch, name):
 
 
 def test_screen_budget_is_a_share_and_cpu_only():
-    assert 0.0 <= vz.bf16_screen_pays(torch.device("cpu")) < 0.8
+    assert 0.0 <= vz.bf16_screen_pays(torch.device("cpu")) <= 0.35
     assert vz.bf16_screen_pays(torch.device("meta")) == 0.0
 
 
