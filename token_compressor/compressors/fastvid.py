@@ -240,7 +240,7 @@ def fastvid(
             noise = pad_jitter(jitter_draws(n_rest.tolist(), seed, float(jitter), "cpu"), M, dev)
         # DPC a few context frames at a time: their fp32 copies stay within BLOCK_BYTES (all
         # of them at once were twice a bf16 video's size when every frame is a context frame)
-        step = max(1, BLOCK_BYTES // (4 * M * D))
+        step = max(1, BLOCK_BYTES // (8 * M * D))  # half a block: fp32 rows, bf16 gather, distances
         for a in range(0, len(cf), step):
             b = min(len(cf), a + step)
             pts = features[cfi[a:b].unsqueeze(1), pos_c[a:b]].float()  # [f, M, D]
@@ -256,7 +256,7 @@ def fastvid(
         # DTM over chunks of whole segments, the context rows written into `rows` chunk by
         # chunk: the fp32 state (the context tokens' rows, unit rows and sums) stays bounded
         out_row = (mask.view(-1).cumsum(0) - 1).view(T, N)
-        for t0, t1 in _segment_chunks(seg.cpu(), context.sum(1).cpu(), BLOCK_BYTES // (12 * D)):
+        for t0, t1 in _segment_chunks(seg.cpu(), context.sum(1).cpu(), BLOCK_BYTES // (24 * D)):
             sub = cfi[(cfi >= t0) & (cfi < t1)] - t0
             if sub.numel() == 0:
                 continue
