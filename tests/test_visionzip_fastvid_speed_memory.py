@@ -181,9 +181,8 @@ def test_peak_memory_above_the_input_is_bounded(method):
     out = subprocess.run([sys.executable, "-c", _PEAK, method], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     peak, output = map(float, out.stdout.split())
-    # the output itself is 0.25 of the input at r = 0.25; measured 0.34x (VisionZip)
-    # (FastVID: 1.10x, ~110 MiB of fixed-size working blocks; 0.49x at D=3584) here, 4.2x for FastVID
-    # before
+    # the output itself is 0.25 of the input at r = 0.25. Measured here: VisionZip 0.34x;
+    # FastVID 1.10x (~110 MiB of fixed-size working blocks; 0.49x at D=3584), 4.2x before
     assert output <= 0.26
     assert peak <= {"visionzip": 0.6, "fastvid": 1.6}[method], peak
 
