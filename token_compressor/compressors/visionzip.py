@@ -324,23 +324,32 @@ def _screened_decisions(rest, inv_norm, rest_bf16, contextual, kk, stats):
 
 def visionzip_frames(frames: torch.Tensor, dominant: int, contextual: int, k_neighbors: int,
                      frames_bf16: Optional[torch.Tensor] = None, stats: Optional[dict] = None,
-                     ws: Optional[_Workspace] = None):
+                     ws: Optional[_Workspace] = None, source: Optional[torch.Tensor] = None,
+                     out: Optional[torch.Tensor] = None):
     """VisionZip on a block of frames at once.
 
     Args:
         frames: fp32 `[F, N, D]`.
         frames_bf16: the same values in bf16 (bf16 input) to screen the Gram in bf16, or None.
+        source: the block in the input dtype (`frames` its upcast), where the dominant rows are
+            copied from; None: `frames`.
+        out: `[F, K, D]` in `source`'s dtype to write the rows into; None: a new fp32 tensor.
     Returns:
-        (positions int64 `[F, K]` ascending, rows fp32 `[F, K, D]`), `K = dominant + contextual`.
+        (positions int64 `[F, K]` ascending, rows `[F, K, D]`: `out`, or fp32),
+        `K = dominant + contextual`.
     """
     F_, N, D = frames.shape
+    K = dominant + contextual
     ws = ws or _Workspace()
     dev = frames.device
+    source = frames if source is None else source
+    if out is None:
+        out = torch.empty(F_, K, D, dtype=source.dtype, device=dev)
     norms = torch.linalg.vector_norm(frames, dim=-1)  # [F, N], stands in for the encoder's attention
     dom = norms.topk(dominant, dim=-1).indices
-    pos, rows = dom, _rows(frames, dom)
+    pos = dom
     if contextual > 0:
-        is_dom = torch.zeros(F_, N, dtype=torch.bool, device=frames.device).scatter_(1, dom, True)
+        is_dom = torch.zeros(F_, N, dtype=torch.bool, device=dev).scatter_(1, dom, True)
         n = N - dominant
         rest_pos = (~is_dom).nonzero()[:, 1].view(F_, n)  # ascending per frame
         rest = _rows(frames, rest_pos, ws.get("rest", (F_, n, D), frames.dtype, dev))
@@ -349,9 +358,15 @@ def visionzip_frames(frames: torch.Tensor, dominant: int, contextual: int, k_nei
         inv = norms.gather(1, rest_pos).clamp_min_(EPS).reciprocal_()
         anchors, merged = contextual_anchors(rest, inv, contextual, k_neighbors, rest16, stats, ws)
         pos = torch.cat([dom, rest_pos.gather(1, anchors)], dim=1)
-        rows = torch.cat([rows, merged], dim=1)
+    # each row straight to its ascending slot: dominant rows copied from the input (exact),
+    # merged rows rounded to it once
     order = pos.argsort(dim=1)
-    return pos.gather(1, order), _rows(rows, order)
+    slot = (order.argsort(dim=1) + torch.arange(F_, device=dev).unsqueeze(1) * K)  # [F, K]
+    flat_out = out.view(F_ * K, D)
+    flat_out.index_copy_(0, slot[:, :dominant].reshape(-1), _rows(source, dom).view(-1, D))
+    if contextual > 0:
+        flat_out.index_copy_(0, slot[:, dominant:].reshape(-1), merged.reshape(-1, D).to(out.dtype))
+    return pos.gather(1, order), out
 
 
 @register_compressor("visionzip")
@@ -387,10 +402,10 @@ def visionzip(features: torch.Tensor, ratio: float, *, dominant_ratio: float = 0
         f0, f1 = s // N, e // N
         lp = flat[s:e].view(f1 - f0, N, D) if budget > 0 else None
         stats = {} if budget > 0 else None
-        pos, kept = visionzip_frames(block.view(f1 - f0, N, D), dominant, contextual, k_neighbors, lp, stats, ws)
+        pos, _ = visionzip_frames(block.view(f1 - f0, N, D), dominant, contextual, k_neighbors, lp, stats, ws,
+                                  source=flat[s:e].view(f1 - f0, N, D), out=rows[f0:f1])
         if stats is not None and stats["density"] > budget * (f1 - f0) * (N - dominant):
             budget = 0.0  # this video's densities are too close for bf16: plain fp32 from here
             _SKIP["videos"] = SKIP_AFTER_FALLBACK
         mask[f0:f1].scatter_(1, pos, True)
-        rows[f0:f1] = kept  # dominant rows round-trip exactly to the input dtype
     return mask, rows.reshape(T * K, D)
