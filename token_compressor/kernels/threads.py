@@ -12,11 +12,16 @@ setting back afterwards; the model around it keeps its threads. GPU selections a
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
 
 SELECTION_THREADS = 1
+# the caller's thread count while `selection_threads` holds torch at SELECTION_THREADS (None
+# outside it): the few large matrix products inside a selection (VisionZip's and FastVID's
+# Gram matrices, ~1 GFLOP each) run on it again (`caller_threads`)
+_CALLER_THREADS = None
 
 
 @contextmanager
@@ -27,6 +32,43 @@ def selection_threads(device: torch.device):
     before = torch.get_num_threads()
     n = min(SELECTION_THREADS, before)
     if torch.device(device).type != "cpu" or n == before:
+        yield
+        return
+    global _CALLER_THREADS
+    outer, _CALLER_THREADS = _CALLER_THREADS, before
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _CALLER_THREADS = outer
+        torch.set_num_threads(before)
+
+
+def machine_has_room(threads: int) -> bool:
+    """The 1-minute load average leaves `threads - 1` more cores idle (our own running thread is
+    part of the load). Measured on the 2-core VM at load 8.5 (2026-12-06): VisionZip and FastVID
+    with their Gram products on 2 threads took 2.5x / 1.7x their time with every product on one
+    (a descheduled thread stalls each product's barrier)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return False
+    return load + (threads - 1) <= cores
+
+
+@contextmanager
+def caller_threads():
+    """Inside `selection_threads`: torch runs on the caller's thread count again for the block
+    (one large product amortises the per-operation barrier that makes many small ones slower on
+    several threads) when the machine has the idle cores for them (`machine_has_room`);
+    elsewhere a no-op."""
+    n = _CALLER_THREADS
+    before = torch.get_num_threads()
+    if n is None or n == before or not machine_has_room(n):
         yield
         return
     torch.set_num_threads(n)
