@@ -9,10 +9,11 @@ with one thread at 256 rows; one thread was also 2.5-5x faster than two at every
 size. On a quiet machine two threads were at best ~15 % faster (33 vs 39 ms, an earlier
 recording). So a CPU selection runs on one thread, whatever torch's global setting, and puts the
 setting back afterwards; the model around it keeps its threads. GPU selections are unaffected.
+The one exception is a few large matrix products (one barrier each, not hundreds), which run on
+the caller's setting again (`caller_threads`).
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 import torch
@@ -44,31 +45,16 @@ def selection_threads(device: torch.device):
         torch.set_num_threads(before)
 
 
-def machine_has_room(threads: int) -> bool:
-    """The 1-minute load average leaves `threads - 1` more cores idle (our own running thread is
-    part of the load). Measured on the 2-core VM at load 8.5 (2026-12-06): VisionZip and FastVID
-    with their Gram products on 2 threads took 2.5x / 1.7x their time with every product on one
-    (a descheduled thread stalls each product's barrier)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return False
-    return load + (threads - 1) <= cores
-
-
 @contextmanager
 def caller_threads():
     """Inside `selection_threads`: torch runs on the caller's thread count again for the block
     (one large product amortises the per-operation barrier that makes many small ones slower on
-    several threads) when the machine has the idle cores for them (`machine_has_room`);
-    elsewhere a no-op."""
+    several threads); elsewhere a no-op. The caller's setting decides, never the machine's load:
+    the same call runs the same way on every run (on a 2-core VM at load 8.5 two threads made
+    these products 1.7-2.5x slower; a busy caller sets torch's threads to 1 itself)."""
     n = _CALLER_THREADS
     before = torch.get_num_threads()
-    if n is None or n == before or not machine_has_room(n):
+    if n is None or n == before:
         yield
         return
     torch.set_num_threads(n)
