@@ -224,7 +224,7 @@ def _check_output(out, name: str, features: torch.Tensor, T: int, N: int, D: int
                          f"expected the input's device {features.device}")
     # a min/max reduction (NaN propagates, inf shows) reads the rows once with no temporary;
     # `isfinite(merged).all()` would materialise a bool tensor of the rows' size first
-    lo, hi = torch.aminmax(merged)
+    lo, hi = torch.aminmax(merged) if merged.numel() else (merged.new_zeros(()), merged.new_zeros(()))
     if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
         raise ValueError(f"compressor {name!r} returned {int((~torch.isfinite(merged)).sum())} non-finite "
                          "merged feature value(s)")
