@@ -62,11 +62,24 @@ class AuthorsCode:
 
     @property
     def label(self) -> str:
-        return f"authors' code @ {self.commit[:7]}"
+        known = not self.commit.startswith("unknown")
+        return f"authors' code @ {self.commit[:7]}" if known else "authors' code (commit unknown)"
 
     def describe(self) -> str:
         note = "" if self.commit == COMMIT else f" (the project's golden data and notes describe {COMMIT[:7]})"
         return f"the authors' functions loaded from {self.path} at commit {self.commit}{note}"
+
+
+def load_or_exit(arg: Optional[str] = None) -> Optional[AuthorsCode]:
+    """For the benchmarks' command lines: the authors' code from `arg` or the environment (None when
+    neither is given); a checkout that cannot be used ends the run with its error message."""
+    path = resolve_path(arg)
+    if not path:
+        return None
+    try:
+        return load(path)
+    except AuthorsRepoError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def resolve_path(arg: Optional[str] = None) -> Optional[str]:

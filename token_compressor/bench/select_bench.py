@@ -265,8 +265,7 @@ def main(argv=None) -> list:
                    help=f"a checkout of the VidCom² authors' repository (default: ${authors_mod.ENV})")
     p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args(argv)
-    path = authors_mod.resolve_path(a.authors_repo)
-    authors = authors_mod.load(path) if path else None
+    authors = authors_mod.load_or_exit(a.authors_repo)
     with Measured() as measured:
         rows = run(a.frames, a.tokens, a.dim, a.ratio, a.repeats, a.methods,
                    tuple(getattr(torch, d) for d in a.dtypes), authors)
