@@ -139,14 +139,14 @@ def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = MIN_ROUNDS, 
 
     configs = configurations(ratios, baselines)
 
-    fns = {}
+    fns, kvs = {}, {}
     for name, (method, r) in configs.items():
         def fn(_=None, name=name, method=method, r=r):
             _configure(model, method, r)
             out = prefill()
+            kvs[name] = kv_bytes(cache_of(out))  # the same in every call: no extra call needed for it
             if r is not None:
                 stats.setdefault(name, []).append(tc.last_stats(model))
-            return out
         fns[name] = fn
     samples = _timed(fns, repeats, warmup, device)
     times = {name: statistics.median(v) for name, v in samples.items()}
@@ -156,7 +156,7 @@ def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = MIN_ROUNDS, 
     def median_of(name, fn):
         return statistics.median(fn(s, t) for s, t in zip(stats[name], samples[name])) if name in stats else 0.0
 
-    # fixed before the rows' own calls below add statistics of untimed calls
+    # fixed before a CUDA peak-memory call below adds the statistics of an untimed call
     compressor_ms = {name: median_of(name, lambda s, t: s["compress_ms"]) for name in configs}
     # per call: this call's compressor time over this call's prefill time
     shares = {name: median_of(name, lambda s, t: s["compress_ms"] / t) for name in configs}
@@ -165,12 +165,11 @@ def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = MIN_ROUNDS, 
     n_video = int((inputs["input_ids"] == model.config.video_token_id).sum())
     rows, full_kv = [], None
     for name, (method, r) in configs.items():
-        _configure(model, method, r)
-        if cuda:
+        if cuda:  # one more call, alone, for its peak memory
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        out = fns[name]()
-        kv = kv_bytes(cache_of(out))
+            fns[name]()
+        kv = kvs[name]
         full_kv = kv if r is None else full_kv
         row = {
             "config": name,
@@ -196,7 +195,6 @@ def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = MIN_ROUNDS, 
         if cuda:
             torch.cuda.synchronize(device)
             row["peak_MiB"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-        del out
         rows.append(row)
     if "lm_ms" in rows[0]:
         for row in rows:  # None where timing noise leaves no positive LM time to divide by
@@ -262,21 +260,21 @@ def measure_batch(model, inputs: dict, ratio: float = 0.25, repeats: int = MIN_R
     `speedup` (full / this, medians) and `speedup_spread`, `kv_cache_bytes`, `kv_vs_full`."""
     device = model.device
     configs = {"full": ("none", None), f"vidcom2 r={ratio}": ("vidcom2", ratio)}
-    fns = {}
+    fns, kvs, last = {}, {}, {}
     for name, (method, r) in configs.items():
-        def fn(_=None, method=method, r=r):
+        def fn(_=None, name=name, method=method, r=r):
             _configure(model, method, r)
             with torch.no_grad():
-                return model(**inputs, use_cache=True, logits_to_keep=1)
+                out = model(**inputs, use_cache=True, logits_to_keep=1)
+            kvs[name] = kv_bytes(cache_of(out))  # the same in every call: no extra call needed for it
+            last[name] = tc.last_stats(model) if r is not None else None
         fns[name] = fn
     try:
         samples = _timed(fns, repeats, warmup, device)
         times = {name: statistics.median(v) for name, v in samples.items()}
         rows, full_kv = [], None
         for name, (method, r) in configs.items():
-            out = fns[name]()
-            kv = kv_bytes(cache_of(out))
-            stats = tc.last_stats(model) if r is not None else None
+            kv, stats = kvs[name], last[name]
             full_kv = kv if r is None else full_kv
             rows.append({
                 "config": name,
@@ -291,7 +289,6 @@ def measure_batch(model, inputs: dict, ratio: float = 0.25, repeats: int = MIN_R
                 "kv_cache_MiB": round(kv / 2**20, 2),
                 "kv_vs_full": round(kv / full_kv, 3),
             })
-            del out
     finally:
         tc.revert(model)
     return rows
