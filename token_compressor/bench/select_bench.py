@@ -101,9 +101,9 @@ def _evs_reference(x, T, ratio):
 
 METHODS: List[Method] = [
     Method("vidcom2", _vidcom2_reference, _vidcom2_oracle,
-           "exact = equal to the float64 loop formulation", "reference.py loops"),
+           "exact = equal to the float64 loop formulation", "our rewrite of authors' loops"),
     Method("evs", _evs_reference, _evs_reference,
-           "exact = equal to vLLM's formulation on the fp32 upcast", "vLLM's formulation"),
+           "exact = equal to vLLM's formulation on the fp32 upcast", "our rewrite of vLLM's EVS"),
 ]
 NAMES = tuple(m.name for m in METHODS) + BASELINES
 
@@ -159,12 +159,14 @@ def _overlap(ours: torch.Tensor, theirs: torch.Tensor, name: str) -> str:
     return f"{100 * common:.1f}% overlap with {name}"
 
 
-def _authors_check(fn, x2d: torch.Tensor, T: int, ratio: float, ours) -> str:
+def _authors_check(method: str, fn, x2d: torch.Tensor, T: int, ratio: float, ours) -> str:
     keep, features = fn(x2d, T, ratio)
     text = _overlap(ours.keep, keep.to(torch.long), "authors'")
+    if method == "holitom":  # their keep is a placeholder (linspace over the rows), ours reproduces it
+        text = "keep: both the linspace placeholder"
     if features is not None and torch.equal(ours.keep, keep):
         diff = float((ours.kept_features(x2d).float() - features.float()).abs().max())
-        text += f", features within {diff:.1e}"
+        text += f", features within {diff:.1e} of the authors'"
     return text
 
 
@@ -195,7 +197,7 @@ def run(T: int = 32, N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: 
             else:
                 video, dt = x.view(T, N, D), dtype
                 peer = lambda name=name, video=video, dt=dt: _baseline_reference(name, video, ratio, dt)
-                label = "reference_baselines.py loops"
+                label = "our rewrite of authors' loops"
             if name in by_name:
                 exact = torch.equal(ours.keep, by_name[name].oracle(x, T, ratio))
                 check = f"exact: {'yes' if exact else 'NO'}"
@@ -203,7 +205,7 @@ def run(T: int = 32, N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: 
                 check = _baseline_check(name, x.view(T, N, D), ratio, ours)
                 exact = "DIFFERS" not in check
             if authors is not None and name in authors.functions:
-                check += "; " + _authors_check(authors.functions[name], x, T, ratio, ours)
+                check += "; " + _authors_check(name, authors.functions[name], x, T, ratio, ours)
             for n in counts:
                 cells.append((name, dtype, n, label, ours.num_kept, exact, check))
 
@@ -234,10 +236,10 @@ def header(rows: list, authors=None) -> List[str]:
              f"{r0['rounds']} shuffled interleaved rounds after a warm-up; ms median [min-max]; "
              "speed-up = peer / ours, median [per-round min-max]"]
     if authors is not None:
-        lines.append(f"peers: {authors.describe()}; evs: vLLM's formulation (compressors/reference.py)")
+        lines.append(f"peers: {authors.describe()}; evs: our rewrite of vLLM's formulation (compressors/reference.py)")
     else:
-        lines.append("peers: OUR straightforward formulations (compressors/reference*.py), not the authors' code: "
-                     "give a checkout with --authors-repo PATH or TOKEN_COMPRESSOR_AUTHORS_REPO to time theirs")
+        lines.append("peers: OUR straightforward formulations (compressors/reference.py, reference_baselines.py), not the "
+                     "authors' code: give a checkout with --authors-repo PATH or TOKEN_COMPRESSOR_AUTHORS_REPO to time theirs")
     return lines
 
 
@@ -245,10 +247,10 @@ def print_table(rows: list, measured: Measured, authors=None) -> None:
     for line in header(rows, authors):
         print(line)
     print(measured.line())
-    print(f"{'method':<10}{'input':<9}{'thr':>3}  {'peer':<28}{'ours ms':>22}{'peer ms':>24}{'speed-up':>20}"
+    print(f"{'method':<10}{'input':<9}{'thr':>3}  {'peer':<31}{'ours ms':>22}{'peer ms':>24}{'speed-up':>20}"
           f"{'kept':>6}  check")
     for r in rows:
-        print(f"{r['method']:<10}{r['dtype']:<9}{r['threads']:>3}  {r['peer']:<28}{fmt_spread(r['ours_ms']):>22}"
+        print(f"{r['method']:<10}{r['dtype']:<9}{r['threads']:>3}  {r['peer']:<31}{fmt_spread(r['ours_ms']):>22}"
               f"{fmt_spread(r['peer_ms']):>24}{fmt_spread(r['speedup'], 2):>20}{r['kept']:>6}  {r['check']}")
 
 
