@@ -12,6 +12,7 @@
 | `TOKEN_COMPRESSOR_DYCOKE_KEEP_LAST_FRAME`, `TOKEN_COMPRESSOR_FASTVID_FILL_BUDGET` | a switch | off (the authors' behaviour) |
 | `TOKEN_COMPRESSOR_HOLITOM_POSITIONS` | `linspace` or `centres` | `linspace` (the authors') |
 | `TOKEN_COMPRESSOR_VLLM_CAPTURE` | a directory: the vLLM plugin writes every video's features and selection there (tests) | unset (off) |
+| `TOKEN_COMPRESSOR_AUTHORS_REPO` | a directory: a checkout of the VidCom² authors' repository whose functions the benchmarks time beside ours (`--authors-repo`) | unset: the benchmarks compare with our straightforward formulations |
 
 `Config.from_env()` returns one immutable, validated `Config`; a bad value raises `ConfigError`
 naming the variable, the value and what is accepted.
@@ -345,6 +346,16 @@ def vllm_capture_dir_from_env(environ: Optional[Mapping[str, str]] = None) -> Op
         raise ConfigError(f"TOKEN_COMPRESSOR_VLLM_CAPTURE={value!r} is not a directory; expected an existing "
                           "directory to write captures into")
     return os.path.abspath(value)
+
+
+def authors_repo_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """`TOKEN_COMPRESSOR_AUTHORS_REPO`: the path of a checkout of the VidCom² authors' repository
+    for the benchmarks (checked when it is loaded, `bench/authors.py`); None when unset or empty."""
+    env = os.environ if environ is None else environ
+    value = env.get("TOKEN_COMPRESSOR_AUTHORS_REPO")
+    if value is None or value.strip() == "":
+        return None
+    return value
 
 
 def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:

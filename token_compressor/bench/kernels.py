@@ -6,18 +6,19 @@ Each path computes one video's VidCom² keep mask from bf16 features `[T, N, D]`
     CPU thread as `select` runs it (`kernels/threads.py`)
   - `loop`: `compressors.reference.vidcom2_reference` in bf16, the authors' formulation
     (materialised gather, normalised features, difference tensors, a top-k loop over frames)
-Interleaved runs (`token_compressor/bench/timing.py`): on CUDA the median of `--repeats`, timed
-with CUDA events, each repeat rotating over enough copies of the input (>= 512 MiB in all) that no
-call is served from L2; elsewhere the best of `--repeats` by the host clock.
+Shuffled interleaved rounds (`token_compressor/bench/timing.py`: a warm-up outside the rounds, each
+round in a fresh random order), the median of `--repeats` rounds with the min-max: on CUDA timed
+with CUDA events, each round rotating over enough copies of the input (>= 512 MiB in all) that no
+call is served from L2; elsewhere by the host clock.
 
 Bandwidth. The scores need three dependent passes over the input (channel variances -> kept
 channels -> row norms and frame centres -> dots with the centres), so the memory-bound time is
 `3 * T*N*D*2 bytes / peak`. `GB/s` below is `3 * input bytes / time` and `of peak` its ratio to the
 device's peak: 1.0 would be the bandwidth bound, 0.5 is "within 2x". Peak: a table by device name
-on CUDA (HBM peak from the vendor's datasheet), else measured in the same run as the read
-bandwidth of a 256 MiB `sum` (CPU), reported with the device.
+on CUDA (HBM peak from the vendor's datasheet), else the read bandwidth the machine line measures
+(`machine.read_bandwidth`: a 256 MiB fp32 `sum` at torch's thread count), reported with the device.
 
-    python -m benchmarks.kernels [--frames 16 32 64 --tokens 256 --dim 3584 --repeats 5 --device cuda --threads 1]
+    python -m benchmarks.kernels [--frames 16 32 64 --tokens 256 --dim 3584 --repeats 7 --device cuda --threads 1]
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ from token_compressor.compressors.vidcom2 import vidcom2
 from token_compressor.kernels import resolve_backend
 from token_compressor.kernels.threads import selection_threads
 
+from .machine import Measured, read_bandwidth
 from .select_bench import synthetic_video
-from .timing import device_median_ms, interleaved_best
+from .timing import device_median_ms, device_times, fmt_spread, spread
 
 PASSES = 3
 # Datasheet HBM bandwidth, bytes/s, matched by substring of torch.cuda.get_device_name().
@@ -89,12 +91,11 @@ def device_peak(device: torch.device) -> tuple:
             if key in name:
                 return name, peak, "datasheet"
         return name, copy_bandwidth(device, 2**28), "measured: 256 MiB copy, read + write"
-    src = torch.ones(2**26, dtype=torch.float32)  # 256 MiB, far beyond any cache
-    t = interleaved_best({"sum": lambda: src.sum()}, repeats=10)["sum"]
-    return f"CPU, {torch.get_num_threads()} thread(s)", src.numel() * 4 / (t / 1e3), "measured: 256 MiB fp32 sum, read"
+    return (f"CPU, {torch.get_num_threads()} thread(s)", read_bandwidth(),
+            "measured: 256 MiB fp32 sum, read, as the machine line")
 
 
-def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: int = 5, device=None,
+def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: int = 7, device=None,
         peak: tuple = None, rotate_bytes: int = ROTATE_BYTES) -> dict:
     """One row per T. `peak`: `(device name, bytes/s, how obtained)` to compare against (default:
     `device_peak`)."""
@@ -121,12 +122,16 @@ def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, r
         if device.type == "cuda":
             copies = max(1, -(-rotate_bytes // (x.numel() * 2)))
             xs = [x] + [x.clone() for _ in range(copies - 1)]
-            times = device_median_ms(fns, xs, repeats=repeats, device=device)
-            timing = f"median of {repeats}, CUDA events, rotating over {copies} input copies"
+            samples = device_times(fns, xs, repeats=repeats, device=device)
+            timing = (f"median [min-max] of {repeats} shuffled interleaved rounds after a warm-up, CUDA events, "
+                      f"rotating over {copies} input copies")
             del xs
         else:
-            times = interleaved_best({p: (lambda f=f: f(x)) for p, f in fns.items()}, repeats=repeats, device=device)
-            timing = f"best of {repeats}, host clock"
+            samples = device_times(fns, [x], repeats=repeats, device=device)
+            timing = f"median [min-max] of {repeats} shuffled interleaved rounds after a warm-up, host clock"
+        times = {path: spread(v)["median"] for path, v in samples.items()}
+        for path, v in samples.items():
+            row[f"{path}_spread_ms"] = spread(v)
         row["timing"] = timing
         for path, ms in times.items():
             row[f"{path}_ms"] = round(ms, 4)
@@ -141,9 +146,12 @@ def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, r
             "torch": torch.__version__, "rows": rows}
 
 
-def print_table(result: dict) -> None:
+def print_table(result: dict, measured: Measured = None) -> None:
     print(f"VidCom² keep mask from bf16 features, device: {result['device']}, "
           f"peak {result['peak_GBps']} GB/s ({result['peak_source']}), torch {result['torch']}")
+    print(f"timing: {result['rows'][0]['timing']}; ms = median, spread in the last columns")
+    if measured is not None:
+        print(measured.line())
     print(f"GB/s = {PASSES} passes x input bytes / time; 'of peak' = GB/s / peak (1.0 = bandwidth bound)")
     paths = [p for p in ("triton", "torch") if f"{p}_ms" in result["rows"][0]]
     head = f"{'T':>4}{'input MB':>10}"
@@ -156,6 +164,7 @@ def print_table(result: dict) -> None:
         for p in paths:
             line += f"{r[p + '_ms']:>12.3f}{r[p + '_GBps']:>8.1f}{r[p + '_of_peak']:>9.3f}"
         line += f"{r['loop_ms']:>10.2f}" + "".join(f"{r['loop_over_' + p]:>12.1f}x" for p in paths)
+        line += "  " + "  ".join(f"{p} {fmt_spread(r[p + '_spread_ms'], 2)}" for p in paths + ["loop"])
         if "triton_selects_as_torch" in r:
             line += f"  same selection: {r['triton_selects_as_torch']}"
         print(line)
@@ -167,7 +176,7 @@ def main(argv=None) -> None:
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--dim", type=int, default=3584)
     p.add_argument("--ratio", type=float, default=0.25)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", help="default: cuda when available, else cpu")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a "
                    "machine shared with other jobs, 1 avoids OpenMP oversubscription stalls")
@@ -176,8 +185,10 @@ def main(argv=None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    result = run(a.frames, a.tokens, a.dim, a.ratio, a.repeats, a.device)
-    print_table(result)
+    with Measured(a.device or ("cuda" if torch.cuda.is_available() else "cpu")) as measured:
+        result = run(a.frames, a.tokens, a.dim, a.ratio, a.repeats, a.device)
+    result["machine"] = measured.as_dict()
+    print_table(result, measured)
     print(f"({time.perf_counter() - t0:.1f} s)")
     if a.json:
         with open(a.json, "w") as f:

@@ -8,8 +8,13 @@ Reports prefill time (vision encoder + compression + language model, one forward
 use_cache=True and last-position logits, as generate() runs it), the compressor's share of it
 (selection and gathering, not the vision encoder), the speed-up, and the KV-cache size after prefill.
 The vision tower is kept tiny (it is not what compression shortens: pruning happens after it).
+Every configuration is timed in the same shuffled interleaved rounds (`timing.py`: a warm-up call of
+each outside the rounds, >= 5 rounds, each in a fresh random order): median with the min-max. The
+compressor's share is computed per call (that call's selection time / that call's prefill time, from
+`last_stats` of the same call) and its median taken, so numerator and denominator are the same calls.
+Every table prints the machine line (`machine.py`): the language model runs on torch's threads.
 
-    python -m benchmarks.prefill_bench   (or token-compressor bench --prefill) [--device cpu|cuda] [--dtype bfloat16] [--repeats 2]
+    python -m benchmarks.prefill_bench   [--device cpu|cuda] [--dtype bfloat16] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -22,7 +27,10 @@ import torch
 import token_compressor as tc
 
 from ..models.pruning import cache_of
-from .timing import device_median_ms, interleaved_best, sync
+from .machine import Measured
+from .timing import device_times, fmt_spread, interleaved_times, ratio_spread, spread, sync
+
+MIN_ROUNDS = 5  # the issue's floor for the prefill tables
 
 
 def build_model(device, dtype):
@@ -97,18 +105,29 @@ def _configure(model, method: str, ratio) -> None:
     tc.apply(model, method=method, ratio=0.25 if ratio is None else ratio)
 
 
-def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = 2, new_tokens: int = 0, warmup: int = 1,
-            baselines=()) -> list:
-    """Prefill of `inputs` by `model` uncompressed, with VidCom² at each ratio and with each
-    method of `baselines` at `ratios[0]` (`configurations`), interleaved: on CUDA the median of
-    `repeats` (CUDA events), elsewhere the best of `repeats`, each after `warmup` untimed calls.
+def _timed(fns: dict, repeats: int, warmup: int, device) -> dict:
+    """Per-round times (ms) of each configuration: shuffled interleaved rounds after `warmup`
+    untimed calls of each (CUDA events on CUDA, the host clock elsewhere)."""
+    if torch.device(device).type == "cuda":
+        return device_times(fns, [None], repeats=repeats, warmup=warmup, device=device)
+    return interleaved_times(fns, repeats=repeats, warmup=warmup, device=device)
 
-    One row per configuration: `method`, `prefill_ms`, `speedup` (full / this), `vision_ms` (the vision
-    encoder, from the compressed runs' statistics: it is the same work in every configuration),
-    `compressor_ms` (selection + gathering), `compressor_share` (of this row's prefill) and
-    `compressor_of_full` (of the full prefill), `lm_ms` (prefill less vision encoder and
-    compressor), KV-cache bytes after prefill; on CUDA `peak_MiB` (`torch.cuda.max_memory_allocated`
-    over one prefill, weights included); with `new_tokens`, `measure_generate`'s `generate_ms`."""
+
+def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = MIN_ROUNDS, new_tokens: int = 0,
+            warmup: int = 1, baselines=()) -> list:
+    """Prefill of `inputs` by `model` uncompressed, with VidCom² at each ratio and with each
+    method of `baselines` at `ratios[0]` (`configurations`), in `repeats` shuffled interleaved rounds
+    after `warmup` untimed calls of each (on CUDA timed with CUDA events).
+
+    One row per configuration: `method`, `prefill_ms` (median of the rounds) and `prefill_spread_ms`
+    (median, min, max), `speedup` (full median / this median) and `speedup_spread` (with the per-round
+    min-max), `vision_ms` (the vision encoder, median over the timed compressed calls' statistics: it
+    is the same work in every configuration), `compressor_ms` (selection + gathering, median over
+    this configuration's timed calls), `compressor_share` (median over the timed calls of that call's
+    compressor time / that call's prefill time) and `compressor_of_full` (median compressor time /
+    median full prefill), `lm_ms` (prefill less vision encoder and compressor), KV-cache bytes after
+    prefill; on CUDA `peak_MiB` (`torch.cuda.max_memory_allocated` over one prefill, weights
+    included); with `new_tokens`, `measure_generate`'s `generate_ms`."""
     device = model.device
     cuda = device.type == "cuda"
     stats = {}
@@ -120,33 +139,37 @@ def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = 2, new_token
 
     configs = configurations(ratios, baselines)
 
-    fns = {}
+    fns, kvs = {}, {}
     for name, (method, r) in configs.items():
         def fn(_=None, name=name, method=method, r=r):
             _configure(model, method, r)
             out = prefill()
+            kvs[name] = kv_bytes(cache_of(out))  # the same in every call: no extra call needed for it
             if r is not None:
                 stats.setdefault(name, []).append(tc.last_stats(model))
-            return out
         fns[name] = fn
-    if cuda:
-        times = device_median_ms(fns, [None], repeats=repeats, warmup=warmup, device=device)
-    else:
-        times = interleaved_best(fns, repeats=repeats, warmup=warmup, device=device)
+    samples = _timed(fns, repeats, warmup, device)
+    times = {name: statistics.median(v) for name, v in samples.items()}
+    # the statistics of the timed calls only: every configuration's first `warmup` calls were the warm-up
+    stats = {name: v[warmup:warmup + repeats] for name, v in stats.items()}
 
-    def med(name, key):
-        return statistics.median(s[key] for s in stats[name]) if name in stats else 0.0
+    def median_of(name, fn):
+        return statistics.median(fn(s, t) for s, t in zip(stats[name], samples[name])) if name in stats else 0.0
+
+    # fixed before a CUDA peak-memory call below adds the statistics of an untimed call
+    compressor_ms = {name: median_of(name, lambda s, t: s["compress_ms"]) for name in configs}
+    # per call: this call's compressor time over this call's prefill time
+    shares = {name: median_of(name, lambda s, t: s["compress_ms"] / t) for name in configs}
 
     vision_ms = statistics.median(s["encode_ms"] for v in stats.values() for s in v) if stats else None
     n_video = int((inputs["input_ids"] == model.config.video_token_id).sum())
     rows, full_kv = [], None
     for name, (method, r) in configs.items():
-        _configure(model, method, r)
-        if cuda:
+        if cuda:  # one more call, alone, for its peak memory
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        out = fns[name]()
-        kv = kv_bytes(cache_of(out))
+            fns[name]()
+        kv = kvs[name]
         full_kv = kv if r is None else full_kv
         row = {
             "config": name,
@@ -155,21 +178,23 @@ def measure(model, inputs: dict, ratios=(0.25, 0.5), repeats: int = 2, new_token
             "visual_tokens": stats[name][-1]["visual_tokens_after"] if r is not None else n_video,
             "seq_len": stats[name][-1]["seq_len_after"] if r is not None else int(inputs["input_ids"].shape[1]),
             "prefill_ms": round(times[name], 2),
+            "prefill_spread_ms": spread(samples[name]),
+            "rounds": repeats,
             "speedup": round(times["full"] / times[name], 2),
+            "speedup_spread": ratio_spread(samples["full"], samples[name]),
             "vision_ms": None if vision_ms is None else round(vision_ms, 2),
-            "compressor_ms": round(med(name, "compress_ms"), 3),
-            "compressor_share": round(med(name, "compress_ms") / times[name], 4),
-            "compressor_of_full": round(med(name, "compress_ms") / times["full"], 4),
+            "compressor_ms": round(compressor_ms[name], 3),
+            "compressor_share": round(shares[name], 4),
+            "compressor_of_full": round(compressor_ms[name] / times["full"], 4),
             "kv_cache_bytes": kv,
             "kv_cache_MiB": round(kv / 2**20, 2),
             "kv_vs_full": round(kv / full_kv, 3),
         }
         if vision_ms is not None:
-            row["lm_ms"] = round(times[name] - vision_ms - med(name, "compress_ms"), 2)
+            row["lm_ms"] = round(times[name] - vision_ms - compressor_ms[name], 2)
         if cuda:
             torch.cuda.synchronize(device)
             row["peak_MiB"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-        del out
         rows.append(row)
     if "lm_ms" in rows[0]:
         for row in rows:  # None where timing noise leaves no positive LM time to divide by
@@ -206,7 +231,7 @@ def measure_generate(model, inputs: dict, rows: list, new_tokens: int, warmup: i
         tc.revert(model)
 
 
-def run(device="cpu", dtype=torch.bfloat16, repeats=2, ratios=(0.25, 0.5), baselines=BASELINES):
+def run(device="cpu", dtype=torch.bfloat16, repeats=MIN_ROUNDS, ratios=(0.25, 0.5), baselines=BASELINES):
     model = build_model(device, dtype)
     # 48 frames of 448x448: 24 temporal patches x 256 tokens = 6,144 video tokens
     return measure(model, video_inputs(model.config, 48, 448, 448, device), ratios, repeats, baselines=baselines)
@@ -227,106 +252,103 @@ def batch_inputs(config, videos, device="cpu", pad_id: int = 0) -> dict:
     return out
 
 
-def machine(device) -> str:
-    """The machine and its load, for the benchmark's header (timings on a shared machine vary)."""
-    import os
-    import platform
-
-    if torch.device(device).type == "cuda":
-        where = torch.cuda.get_device_name(torch.device(device))
-    else:
-        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-    try:
-        load = "load average %.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        load = "load average unknown"
-    return f"{where}; {load}"
-
-
-def measure_batch(model, inputs: dict, ratio: float = 0.25, repeats: int = 2, warmup: int = 1) -> list:
+def measure_batch(model, inputs: dict, ratio: float = 0.25, repeats: int = MIN_ROUNDS, warmup: int = 1) -> list:
     """Prefill of a padded batch `inputs` (rows of very different lengths) uncompressed and with
-    VidCom² at `ratio`, interleaved in one run (`interleaved_best`, or the CUDA-event median on
-    CUDA). One row per configuration: `config`, `width` (padded batch width, what the attention
-    and the KV cache are sized by), `row_lens` (attended tokens per row), `prefill_ms`,
-    `speedup` (full / this), `kv_cache_bytes`, `kv_vs_full`."""
+    VidCom² at `ratio`, in shuffled interleaved rounds after a warm-up (as `measure`). One row per
+    configuration: `config`, `width` (padded batch width, what the attention and the KV cache are
+    sized by), `row_lens` (attended tokens per row), `prefill_ms` (median) and `prefill_spread_ms`,
+    `speedup` (full / this, medians) and `speedup_spread`, `kv_cache_bytes`, `kv_vs_full`."""
     device = model.device
     configs = {"full": ("none", None), f"vidcom2 r={ratio}": ("vidcom2", ratio)}
-    fns = {}
+    fns, kvs, last = {}, {}, {}
     for name, (method, r) in configs.items():
-        def fn(_=None, method=method, r=r):
+        def fn(_=None, name=name, method=method, r=r):
             _configure(model, method, r)
             with torch.no_grad():
-                return model(**inputs, use_cache=True, logits_to_keep=1)
+                out = model(**inputs, use_cache=True, logits_to_keep=1)
+            kvs[name] = kv_bytes(cache_of(out))  # the same in every call: no extra call needed for it
+            last[name] = tc.last_stats(model) if r is not None else None
         fns[name] = fn
     try:
-        if device.type == "cuda":
-            times = device_median_ms(fns, [None], repeats=repeats, warmup=warmup, device=device)
-        else:
-            times = interleaved_best(fns, repeats=repeats, warmup=warmup, device=device)
+        samples = _timed(fns, repeats, warmup, device)
+        times = {name: statistics.median(v) for name, v in samples.items()}
         rows, full_kv = [], None
         for name, (method, r) in configs.items():
-            out = fns[name]()
-            kv = kv_bytes(cache_of(out))
-            stats = tc.last_stats(model) if r is not None else None
+            kv, stats = kvs[name], last[name]
             full_kv = kv if r is None else full_kv
             rows.append({
                 "config": name,
                 "width": stats["width_after"] if stats else int(inputs["input_ids"].shape[1]),
                 "row_lens": stats["row_lens_after"] if stats else inputs["attention_mask"].sum(1).tolist(),
                 "prefill_ms": round(times[name], 2),
+                "prefill_spread_ms": spread(samples[name]),
+                "rounds": repeats,
                 "speedup": round(times["full"] / times[name], 2),
+                "speedup_spread": ratio_spread(samples["full"], samples[name]),
                 "kv_cache_bytes": kv,
                 "kv_cache_MiB": round(kv / 2**20, 2),
                 "kv_vs_full": round(kv / full_kv, 3),
             })
-            del out
     finally:
         tc.revert(model)
     return rows
 
 
-def run_batch(device="cpu", dtype=torch.bfloat16, repeats=2, ratio=0.25, videos=((48, 448, 448), (16, 448, 448))):
+def run_batch(device="cpu", dtype=torch.bfloat16, repeats=MIN_ROUNDS, ratio=0.25, videos=((48, 448, 448), (16, 448, 448))):
     """The batch row of `make bench`: two videos of 6,144 and 2,048 tokens, left padded."""
     model = build_model(device, dtype)
     return measure_batch(model, batch_inputs(model.config, videos, device), ratio, repeats)
 
 
-def print_batch_table(rows, device, dtype):
+def _timing_line(rows) -> str:
+    return (f"{rows[0]['rounds']} shuffled interleaved rounds after a warm-up; ms median [min-max]; "
+            "speed-up = full / this, median [per-round min-max]")
+
+
+def print_batch_table(rows, device, dtype, measured: Measured = None):
     print(f"Qwen2.5-VL prefill of a padded batch of two videos of very different lengths "
           f"(random weights, text hidden 1024 x 8 layers), {device}, {dtype}")
-    print(f"machine: {machine(device)}; full and compressed interleaved in one run")
-    print(f"{'config':<18}{'width':>7}{'row lengths':>16}{'prefill ms':>12}{'speed-up':>10}{'KV MiB':>9}{'KV/full':>9}")
+    print(_timing_line(rows))
+    if measured is not None:
+        print(measured.line())
+    print(f"{'config':<18}{'width':>7}{'row lengths':>16}{'prefill ms':>28}{'speed-up':>20}{'KV MiB':>9}{'KV/full':>9}")
     for r in rows:
         lens = "/".join(str(n) for n in r["row_lens"])
-        print(f"{r['config']:<18}{r['width']:>7}{lens:>16}{r['prefill_ms']:>12.1f}{r['speedup']:>9.2f}x"
-              f"{r['kv_cache_MiB']:>9.2f}{r['kv_vs_full']:>9.3f}")
+        print(f"{r['config']:<18}{r['width']:>7}{lens:>16}{fmt_spread(r['prefill_spread_ms'], 0):>28}"
+              f"{fmt_spread(r['speedup_spread'], 2):>20}{r['kv_cache_MiB']:>9.2f}{r['kv_vs_full']:>9.3f}")
 
 
-def print_table(rows, device, dtype):
+def print_table(rows, device, dtype, measured: Measured = None):
     print(f"Qwen2.5-VL prefill (random weights, text hidden 1024 x 8 layers), {device}, {dtype}")
-    print(f"{'config':<18}{'video tok':>10}{'prefill ms':>12}{'speed-up':>10}{'compressor':>12}{'KV MiB':>9}{'KV/full':>9}")
+    print(_timing_line(rows) + "; compressor = median over the same calls of its time / that call's prefill")
+    if measured is not None:
+        print(measured.line())
+    print(f"{'config':<18}{'video tok':>10}{'prefill ms':>28}{'speed-up':>20}{'compressor':>12}{'KV MiB':>9}{'KV/full':>9}")
     for r in rows:
-        print(f"{r['config']:<18}{r['visual_tokens']:>10}{r['prefill_ms']:>12.1f}{r['speedup']:>9.2f}x"
-              f"{100 * r['compressor_share']:>11.1f}%{r['kv_cache_MiB']:>9.2f}{r['kv_vs_full']:>9.3f}")
+        print(f"{r['config']:<18}{r['visual_tokens']:>10}{fmt_spread(r['prefill_spread_ms'], 0):>28}"
+              f"{fmt_spread(r['speedup_spread'], 2):>20}{100 * r['compressor_share']:>11.1f}%"
+              f"{r['kv_cache_MiB']:>9.2f}{r['kv_vs_full']:>9.3f}")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=MIN_ROUNDS, help=f"timing rounds (default {MIN_ROUNDS})")
     p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
                    help="the other compressors, at r=0.25 (default: all four; none: VidCom² only)")
     p.add_argument("--no-batch", dest="batch", action="store_false",
                    help="skip the padded batch of two videos of very different lengths")
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
-    rows = run(a.device, dtype, a.repeats, baselines=tuple(a.baselines))
-    print_table(rows, a.device, a.dtype)
+    with Measured(a.device) as measured:
+        rows = run(a.device, dtype, a.repeats, baselines=tuple(a.baselines))
+    print_table(rows, a.device, a.dtype, measured)
     if a.batch:
         print()
-        batch_rows = run_batch(a.device, dtype, a.repeats)
-        print_batch_table(batch_rows, a.device, a.dtype)
+        with Measured(a.device) as measured:
+            batch_rows = run_batch(a.device, dtype, a.repeats)
+        print_batch_table(batch_rows, a.device, a.dtype, measured)
         rows = rows + [dict(r, batch=True) for r in batch_rows]
     return rows
 

@@ -1,39 +1,52 @@
-"""Selection benchmark: `token_compressor.select` vs each method's straightforward formulation.
+"""Selection benchmark: `token_compressor.select` against a peer for every method, in one table.
 
-Every method with a straightforward formulation to compare against is one `Method` in `METHODS`
-(a reference formulation, and an oracle that decides what exact selection means for it):
-  - vidcom2: `compressors.reference.vidcom2_reference`, the authors' way (materialised channel
-    gather, normalised features and difference tensors, a loop over frames for the top-k), in the
-    input dtype as their code computes; exactness: equal to the float64 loop formulation.
-  - evs: `compressors.reference.evs_reference`, vLLM's formulation on the fp32 upcast (a whole
-    fp32 copy, `F.cosine_similarity`, one stable sort); exactness: equal to it.
-A second table (`run_baselines`) times the VidCom² authors' four Qwen baselines (dycoke,
-visionzip, fastvid, holitom) against their loop formulations (`compressors/reference_baselines.py`)
-on bf16 input, with each one's agreement to its loops.
-Each is timed at one CPU thread and at torch's default thread count, on fp32 and bf16 input. All
-cells are interleaved round by round in one run (every round runs every cell once), so the ratios
-compare formulations under the same machine conditions; best and median of the rounds. The
-machine's load average is printed before and after (the build machine is shared).
+The peer of each method (named in the table's `peer` column):
+  - with a checkout of the VidCom² authors' repository (`--authors-repo PATH` or
+    `TOKEN_COMPRESSOR_AUTHORS_REPO`, see `bench/authors.py`): **their own functions** for vidcom2,
+    dycoke, visionzip, fastvid and holitom, loaded from that path at run time;
+  - without it, our straightforward formulations, and the table's header says so:
+    vidcom2 `compressors/reference.py: vidcom2_reference` (the authors' structure: materialised
+    channel gather, normalised features and difference tensors, a loop over frames for the top-k, in
+    the input dtype), the four baselines `compressors/reference_baselines.py` (their loops; DyCoke
+    and VisionZip in the input dtype as the authors compute, FastVID and HoliTom in fp32: their bf16
+    one-hot merge products take ~93 s per call on a CPU);
+  - evs always vLLM's formulation re-written in `compressors/reference.py: evs_reference` (a whole
+    fp32 copy, `F.cosine_similarity`, one stable sort; vLLM itself is not in this environment).
+Every cell (method x input dtype x thread count x ours/peer) is timed in the same shuffled
+interleaved rounds (`timing.py`: a warm-up call outside the rounds, then >= 7 rounds, each in a fresh
+random order); a cell's time is the median of its rounds with the min-max; the speed-up is
+peer median / ours median, with the min-max of the per-round ratios. Threads: 1 and torch's
+default (set around each call; our CPU selection runs on one thread inside, `kernels/threads.py`).
 
-    python -m benchmarks.select_bench [--frames 32 --tokens 256 --dim 3584 --repeats 7 --methods vidcom2 evs]
-    token-compressor bench            (the `make bench` defaults)
+The `check` column: vidcom2 and evs must equal their exact oracle (the float64 loop; vLLM's
+formulation) or the run fails; fastvid and holitom must keep the rows of their fp32 loops with the
+same merged features (else the run fails); dycoke and visionzip are compared with their float64
+loops (informational: at this size some decisions lie within 1e-6). With the authors' code the
+column adds how our kept rows compare with theirs (informational: in bf16 they compute in bf16, whose
+ties they break arbitrarily; exact parity is tested on the golden cases).
+
+    python -m benchmarks.select_bench [--frames 32 --tokens 256 --dim 3584 --repeats 7
+                                       --methods vidcom2 evs ... --dtypes float32 bfloat16 --authors-repo PATH]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
 from ..compressors.reference import evs_reference, vidcom2_reference
 from ..selection import select
-from .timing import interleaved_times, median
+from . import authors as authors_mod
+from .machine import Measured
+from .timing import fmt_spread, interleaved_times, ratio_spread, spread
 
 DTYPES = (torch.float32, torch.bfloat16)
+BASELINES = ("dycoke", "visionzip", "fastvid", "holitom")
+MIN_ROUNDS = 7  # the issue's floor for selection tables
 
 
 def synthetic_video(T: int, N: int, D: int, seed: int = 0) -> torch.Tensor:
@@ -57,10 +70,10 @@ def synthetic_video(T: int, N: int, D: int, seed: int = 0) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Method:
-    """A registered compressor and what `select(..., method=name)` is compared with.
+    """A registered compressor and our straightforward formulation of it.
 
-    reference(x [T*N, D], T, ratio) -> kept rows, int64 ascending: the straightforward formulation
-        that is timed (in whatever dtype that formulation computes).
+    reference(x [T*N, D], T, ratio) -> kept rows, int64 ascending: the formulation timed as the peer
+        when the authors' code is not given (in whatever dtype that formulation computes).
     oracle(x [T*N, D], T, ratio) -> kept rows: the selection ours must equal exactly on the
         benchmark's input (may be slow: it is run once per dtype, not timed).
     """
@@ -69,6 +82,7 @@ class Method:
     reference: Callable[[torch.Tensor, int, float], torch.Tensor]
     oracle: Callable[[torch.Tensor, int, float], torch.Tensor]
     describe: str
+    peer_label: str
 
 
 def _vidcom2_reference(x, T, ratio):
@@ -87,10 +101,11 @@ def _evs_reference(x, T, ratio):
 
 METHODS: List[Method] = [
     Method("vidcom2", _vidcom2_reference, _vidcom2_oracle,
-           "authors' formulation in the input dtype; exact = equal to the float64 loop"),
+           "exact = equal to the float64 loop formulation", "our rewrite of authors' loops"),
     Method("evs", _evs_reference, _evs_reference,
-           "vLLM's formulation on the fp32 upcast (F.cosine_similarity); exact = equal to it"),
+           "exact = equal to vLLM's formulation on the fp32 upcast", "our rewrite of vLLM's EVS"),
 ]
+NAMES = tuple(m.name for m in METHODS) + BASELINES
 
 
 @contextmanager
@@ -108,94 +123,11 @@ def thread_counts() -> List[int]:
     return sorted({1, torch.get_num_threads()})
 
 
-def run(T: int = 32, N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: int = 7,
-        methods: Sequence[str] = None) -> list:
-    chosen = [m for m in METHODS if methods is None or m.name in methods]
-    unknown = set(methods or ()) - {m.name for m in METHODS}
-    if unknown:
-        raise ValueError(f"no benchmark entry for {sorted(unknown)}; known: {[m.name for m in METHODS]}")
-    x32 = synthetic_video(T, N, D)
-    inputs = {dtype: x32.to(dtype) for dtype in DTYPES}
-    counts = thread_counts()
-
-    cells, fns = [], {}
-    for m in chosen:
-        for dtype, x in inputs.items():
-            ours = select(x, T, ratio, method=m.name)
-            exact = torch.equal(ours.keep, m.oracle(x, T, ratio))
-            for n in counts:
-                cell = (m.name, dtype, n)
-                cells.append((m, dtype, n, ours, exact))
-
-                def run_ours(x=x, m=m, n=n):
-                    with threads(n):
-                        return select(x, T, ratio, method=m.name)
-
-                def run_reference(x=x, m=m, n=n):
-                    with threads(n):
-                        return m.reference(x, T, ratio)
-
-                fns[cell + ("ours",)] = run_ours
-                fns[cell + ("straightforward",)] = run_reference
-    times = interleaved_times(fns, repeats=repeats)
-
-    rows = []
-    for m, dtype, n, ours, exact in cells:
-        rows.append({
-            "method": m.name, "dtype": str(dtype).replace("torch.", ""), "threads": n,
-            "T": T, "N": N, "D": D, "ratio": ratio, "rounds": repeats,
-            **_speed(times[(m.name, dtype, n, "ours")], times[(m.name, dtype, n, "straightforward")]),
-            "kept": ours.num_kept, "exact": exact,
-        })
-    return rows
-
-
-def _speed(t_ours: List[float], t_ref: List[float]) -> dict:
-    """Best and median of each side's rounds (ms) and the speed-ups best over best, median over median."""
-    return {"ours_best_ms": round(min(t_ours), 2), "ours_median_ms": round(median(t_ours), 2),
-            "straightforward_best_ms": round(min(t_ref), 2), "straightforward_median_ms": round(median(t_ref), 2),
-            "speedup_best": round(min(t_ref) / min(t_ours), 2),
-            "speedup_median": round(median(t_ref) / median(t_ours), 2)}
-
-
-def load() -> str:
-    try:
-        return "load average %.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        return "load average unknown"
-
-
-def print_table(rows: list) -> None:
-    r0 = rows[0]
-    print(f"Selection vs the straightforward formulation, T={r0['T']} N={r0['N']} D={r0['D']} r={r0['ratio']}, "
-          f"{r0['rounds']} interleaved rounds, CPU ({os.cpu_count()} cores, torch default {torch.get_num_threads()} threads)")
-    for m in METHODS:
-        if any(r["method"] == m.name for r in rows):
-            print(f"  {m.name}: {m.describe}")
-    print(f"{'method':<9}{'dtype':<10}{'threads':>7}{'ours best':>11}{'median':>9}{'straightfwd best':>18}"
-          f"{'median':>9}{'speed-up best':>15}{'median':>9}{'kept':>7}  exact")
-    for r in rows:
-        print(f"{r['method']:<9}{r['dtype']:<10}{r['threads']:>7}{r['ours_best_ms']:>11.1f}{r['ours_median_ms']:>9.1f}"
-              f"{r['straightforward_best_ms']:>18.1f}{r['straightforward_median_ms']:>9.1f}"
-              f"{r['speedup_best']:>14.2f}x{r['speedup_median']:>8.2f}x{r['kept']:>7}  {r['exact']}")
-
-
-# -- The VidCom² authors' four Qwen baselines ----------------------------------------------------
-# Kept apart from the rows above: `select(..., method=m)` against the per-frame-loop formulations of
-# `compressors/reference_baselines.py`, on bf16 input (the issue's setting), at one thread and at
-# torch's default, interleaved. DyCoke's and VisionZip's loops compute in the input dtype, as the
-# authors' code does; FastVID's and HoliTom's in fp32 (their one-hot merge products in bf16 took
-# ~93 s per call on this CPU: that would measure a slow bf16 kernel, not the formulation).
-# "agrees": DyCoke/VisionZip kept rows vs their loop run in float64 on the same values
-# (informational: at this size some decisions lie within 1e-6, where two correct fp32
-# formulations may differ, shared/notes/baselines.md section 7); FastVID/HoliTom kept rows and
-# features vs their fp32 loops (the same fp32 decisions). Exact parity is tested on the golden cases.
-
-BASELINES = ("dycoke", "visionzip", "fastvid", "holitom")
-
+# -- The four baselines' loop formulations ------------------------------------------------------
 
 def _baseline_reference(method: str, x: torch.Tensor, ratio: float, dtype):
-    """The loop formulation of `method` on `[T, N, D]` -> (kept rows int64 ascending, features or None)."""
+    """The loop formulation of `method` on `[T, N, D]` -> (kept rows int64 ascending, features or None).
+    DyCoke/VisionZip compute in `dtype`; FastVID/HoliTom in fp32 (fp64 when asked)."""
     from ..compressors import reference_baselines as rb
 
     if method == "dycoke":
@@ -207,94 +139,145 @@ def _baseline_reference(method: str, x: torch.Tensor, ratio: float, dtype):
     return mask.reshape(-1).nonzero().squeeze(1), rows
 
 
-def _agreement(method: str, x: torch.Tensor, ratio: float, ours) -> str:
+def _baseline_check(method: str, x: torch.Tensor, ratio: float, ours) -> str:
+    """`x` `[T, N, D]`: our result against the loop formulations (see the module docstring)."""
     T = x.shape[0]
     if method in ("dycoke", "visionzip"):
         keep, _ = _baseline_reference(method, x.double(), ratio, torch.float64)
-        if torch.equal(ours.keep, keep):
-            return "same keep as fp64 loop"
-        overlap = len(set(ours.keep.tolist()) & set(keep.tolist())) / max(1, keep.numel())
-        return f"{100 * overlap:.2f}% overlap with fp64 loop"
+        return _overlap(ours.keep, keep, "fp64 loop")
     keep, rows = _baseline_reference(method, x, ratio, torch.float32)
     if not torch.equal(ours.keep, keep):
         return "keep DIFFERS from fp32 loops"
-    ours_rows = ours.kept_features(x.reshape(T * x.shape[1], -1))
-    diff = float((ours_rows.float() - rows.float()).abs().max())
+    diff = float((ours.kept_features(x.reshape(T * x.shape[1], -1)).float() - rows.float()).abs().max())
     return f"same keep as fp32 loops, features within {diff:.1e}"
 
 
-def run_baselines(T: int = 32, N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: int = 3,
-                  methods: Sequence[str] = BASELINES) -> list:
-    x = synthetic_video(T, N, D).to(torch.bfloat16)
-    video = x.view(T, N, D)
+def _overlap(ours: torch.Tensor, theirs: torch.Tensor, name: str) -> str:
+    if torch.equal(ours, theirs):
+        return f"same keep as {name}"
+    common = len(set(ours.tolist()) & set(theirs.tolist())) / max(1, theirs.numel())
+    return f"{100 * common:.1f}% overlap with {name}"
+
+
+def _authors_check(method: str, fn, x2d: torch.Tensor, T: int, ratio: float, ours) -> str:
+    keep, features = fn(x2d, T, ratio)
+    text = _overlap(ours.keep, keep.to(torch.long), "authors'")
+    if method == "holitom":  # their keep is a placeholder (linspace over the rows), ours reproduces it
+        text = "keep: both the linspace placeholder"
+    if features is not None and torch.equal(ours.keep, keep):
+        diff = float((ours.kept_features(x2d).float() - features.float()).abs().max())
+        text += f", features within {diff:.1e} of the authors'"
+    return text
+
+
+# -- The table ------------------------------------------------------------------------------------
+
+def run(T: int = 32, N: int = 256, D: int = 3584, ratio: float = 0.25, repeats: int = MIN_ROUNDS,
+        methods: Optional[Sequence[str]] = None, dtypes=DTYPES, authors=None, seed: int = 0) -> list:
+    """One row per method x dtype x thread count (see the module docstring); `authors`: an
+    `authors.AuthorsCode` whose functions are the peers of the methods it has, else None."""
+    methods = list(NAMES) if methods is None else list(methods)
+    unknown = set(methods) - set(NAMES)
+    if unknown:
+        raise ValueError(f"no benchmark entry for {sorted(unknown)}; known: {list(NAMES)}")
+    by_name = {m.name: m for m in METHODS}
+    x32 = synthetic_video(T, N, D)
     counts = thread_counts()
     cells, fns = [], {}
-    for method in methods:
-        ours = select(x, T, ratio, method=method)
-        agrees = _agreement(method, video, ratio, ours)
-        for n in counts:
-            cells.append((method, n, ours, agrees))
+    for name in methods:
+        for dtype in dtypes:
+            x = x32.to(dtype)
+            ours = select(x, T, ratio, method=name)
+            if authors is not None and name in authors.functions:
+                fn = authors.functions[name]
+                peer, label = (lambda fn=fn, x=x: fn(x, T, ratio)), authors.label
+            elif name in by_name:
+                m = by_name[name]
+                peer, label = (lambda m=m, x=x: m.reference(x, T, ratio)), m.peer_label
+            else:
+                video, dt = x.view(T, N, D), dtype
+                peer = lambda name=name, video=video, dt=dt: _baseline_reference(name, video, ratio, dt)
+                label = "our rewrite of authors' loops"
+            if name in by_name:
+                exact = torch.equal(ours.keep, by_name[name].oracle(x, T, ratio))
+                check = f"exact: {'yes' if exact else 'NO'}"
+            else:
+                check = _baseline_check(name, x.view(T, N, D), ratio, ours)
+                exact = "DIFFERS" not in check
+            if authors is not None and name in authors.functions:
+                check += "; " + _authors_check(name, authors.functions[name], x, T, ratio, ours)
+            for n in counts:
+                cells.append((name, dtype, n, label, ours.num_kept, exact, check))
 
-            def run_ours(method=method, n=n):
-                with threads(n):
-                    return select(x, T, ratio, method=method)
+                def run_ours(x=x, name=name, n=n):
+                    with threads(n):
+                        return select(x, T, ratio, method=name)
 
-            def run_reference(method=method, n=n):
-                with threads(n):
-                    return _baseline_reference(method, video, ratio, torch.bfloat16)
+                def run_peer(peer=peer, n=n):
+                    with threads(n):
+                        return peer()
 
-            fns[(method, n, "ours")] = run_ours
-            fns[(method, n, "straightforward")] = run_reference
-    times = interleaved_times(fns, repeats=repeats)
+                fns[(name, dtype, n, "ours")] = run_ours
+                fns[(name, dtype, n, "peer")] = run_peer
+    times = interleaved_times(fns, repeats=repeats, seed=seed)
     rows = []
-    for method, n, ours, agrees in cells:
-        rows.append({"method": method, "dtype": "bfloat16", "threads": n, "T": T, "N": N, "D": D, "ratio": ratio,
-                     "rounds": repeats, **_speed(times[(method, n, "ours")], times[(method, n, "straightforward")]),
-                     "kept": ours.num_kept, "agrees": agrees})
+    for name, dtype, n, label, kept, exact, check in cells:
+        t_ours, t_peer = times[(name, dtype, n, "ours")], times[(name, dtype, n, "peer")]
+        rows.append({"method": name, "dtype": str(dtype).replace("torch.", ""), "threads": n, "peer": label,
+                     "T": T, "N": N, "D": D, "ratio": ratio, "rounds": repeats,
+                     "ours_ms": spread(t_ours), "peer_ms": spread(t_peer), "speedup": ratio_spread(t_peer, t_ours),
+                     "kept": kept, "exact": exact, "check": check})
     return rows
 
 
-def print_baselines(rows: list) -> None:
+def header(rows: list, authors=None) -> List[str]:
     r0 = rows[0]
-    print(f"The authors' four Qwen baselines vs their loop formulations, bf16, T={r0['T']} N={r0['N']} D={r0['D']} "
-          f"r={r0['ratio']}, {r0['rounds']} interleaved rounds")
-    print(f"{'method':<11}{'threads':>7}{'ours best':>11}{'median':>9}{'loops best':>12}{'median':>9}"
-          f"{'speed-up best':>15}{'median':>9}{'kept':>7}  agrees")
+    lines = [f"Selection: select() vs a peer, T={r0['T']} N={r0['N']} D={r0['D']} r={r0['ratio']}, "
+             f"{r0['rounds']} shuffled interleaved rounds after a warm-up; ms median [min-max]; "
+             "speed-up = peer / ours, median [per-round min-max]"]
+    if authors is not None:
+        lines.append(f"peers: {authors.describe()}; evs: our rewrite of vLLM's formulation (compressors/reference.py)")
+    else:
+        lines.append("peers: OUR straightforward formulations (compressors/reference.py, reference_baselines.py), not the "
+                     "authors' code: give a checkout with --authors-repo PATH or TOKEN_COMPRESSOR_AUTHORS_REPO to time theirs")
+    return lines
+
+
+def print_table(rows: list, measured: Measured, authors=None) -> None:
+    for line in header(rows, authors):
+        print(line)
+    print(measured.line())
+    print(f"{'method':<10}{'input':<9}{'thr':>3}  {'peer':<31}{'ours ms':>22}{'peer ms':>24}{'speed-up':>20}"
+          f"{'kept':>6}  check")
     for r in rows:
-        print(f"{r['method']:<11}{r['threads']:>7}{r['ours_best_ms']:>11.1f}{r['ours_median_ms']:>9.1f}"
-              f"{r['straightforward_best_ms']:>12.1f}{r['straightforward_median_ms']:>9.1f}"
-              f"{r['speedup_best']:>14.2f}x{r['speedup_median']:>8.2f}x{r['kept']:>7}  {r['agrees']}")
+        print(f"{r['method']:<10}{r['dtype']:<9}{r['threads']:>3}  {r['peer']:<31}{fmt_spread(r['ours_ms']):>22}"
+              f"{fmt_spread(r['peer_ms']):>24}{fmt_spread(r['speedup'], 2):>20}{r['kept']:>6}  {r['check']}")
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=32)
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--dim", type=int, default=3584)
     p.add_argument("--ratio", type=float, default=0.25)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--methods", nargs="+", choices=[m.name for m in METHODS], help="default: all")
+    p.add_argument("--repeats", type=int, default=MIN_ROUNDS, help=f"timing rounds (default {MIN_ROUNDS})")
+    p.add_argument("--methods", nargs="+", choices=NAMES, help="default: all")
+    p.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
+    p.add_argument("--authors-repo", metavar="PATH",
+                   help=f"a checkout of the VidCom² authors' repository (default: ${authors_mod.ENV})")
     p.add_argument("--json", help="also write the rows to this file")
-    p.add_argument("--baseline-repeats", type=int, default=3,
-                   help="timing rounds of the four baselines' rows (their loop formulations are slow)")
-    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
-                   help="which of the authors' four baselines to time (default: all; none: skip)")
     a = p.parse_args(argv)
-    print(f"before: {load()}")
-    rows = run(a.frames, a.tokens, a.dim, a.ratio, a.repeats, a.methods)
-    print_table(rows)
-    baseline_rows = run_baselines(a.frames, a.tokens, a.dim, a.ratio, a.baseline_repeats, a.baselines)
-    if baseline_rows:
-        print()
-        print_baselines(baseline_rows)
-    print(f"after: {load()}")
+    authors = authors_mod.load_or_exit(a.authors_repo)
+    with Measured() as measured:
+        rows = run(a.frames, a.tokens, a.dim, a.ratio, a.repeats, a.methods,
+                   tuple(getattr(torch, d) for d in a.dtypes), authors)
+    print_table(rows, measured, authors)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(rows + baseline_rows, f, indent=1)
+            json.dump({"machine": measured.as_dict(), "rows": rows}, f, indent=1, default=str)
     if not all(r["exact"] for r in rows):
-        raise SystemExit("a selection differs from its exact oracle (see the 'exact' column)")
-    if any("DIFFERS" in r["agrees"] for r in baseline_rows):
-        raise SystemExit("a merging baseline differs from its loop formulation (see the 'agrees' column)")
+        raise SystemExit("a selection differs from its exact oracle or loop formulation (see the 'check' column)")
+    return rows
 
 
 if __name__ == "__main__":

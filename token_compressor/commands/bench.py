@@ -1,6 +1,6 @@
 """`token-compressor bench`: the weight-free benchmarks.
 
-    token-compressor bench                  selection + prefill benchmarks, exactly what `make bench` prints
+    token-compressor bench                  selection, kernel, prefill and scaling benchmarks, exactly what `make bench` prints
     token-compressor bench --retention      share of a planted event each compressor keeps: table + plot
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def register(sub) -> None:
                    help="--retention: where to draw the plot (default retention.png; '' for none)")
     p.add_argument("--videos", type=int, default=5, help="--retention: synthetic videos to average over (default 5)")
     p.add_argument("--selection-only", action="store_true",
-                   help="skip the end-to-end prefill benchmark (a random-weight Qwen2.5-VL, ~1 min on CPU)")
-    p.add_argument("--repeats", type=int, default=None, help="selection benchmark: timing rounds (default as make bench: 5)")
+                   help="only the selection table: skip the kernel, end-to-end prefill and scaling benchmarks")
+    p.add_argument("--repeats", type=int, default=None, help="selection benchmark: timing rounds (default as make bench: 7)")
     p.add_argument("--json", metavar="FILE", help="also write the rows to this JSON file")
     p.set_defaults(func=run)
