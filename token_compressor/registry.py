@@ -2,7 +2,10 @@
 
 A compressor is called as ``fn(features, ratio, **options)`` with ``features`` of shape
 ``[T, N, D]`` (one video, frame-major, already validated: finite, T, N, D >= 1) and a validated
-ratio in (0, 1]. It returns, on the features' device, either
+ratio in (0, 1]. One registered with ``scans_input=True`` may instead get the unchecked video on
+CPU: it promises that its first pass over the values calls `kernels.ranges.vouch_for_input`
+before anything else can go wrong on a NaN (see `selection._run`), which spares a memory-bound
+method the separate read of the whole video that the check otherwise costs. It returns, on the features' device, either
 
 * a bool keep mask ``[T, N]`` (a *pruning* compressor: the kept tokens keep their features), or
 * a tuple ``(mask, features)``: the bool keep mask ``[T, N]`` and the replacement features of
@@ -26,9 +29,11 @@ import torch
 CompressorFn = Callable[..., Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]]
 
 _REGISTRY: Dict[str, CompressorFn] = {}
+_SCANS_INPUT: set = set()  # names registered with scans_input=True
 
 
-def register_compressor(name: str, fn: Optional[CompressorFn] = None, *, overwrite: bool = False):
+def register_compressor(name: str, fn: Optional[CompressorFn] = None, *, overwrite: bool = False,
+                        scans_input: bool = False):
     """Register `fn` under `name` (lower-case). Usable as a decorator:
 
     >>> @register_compressor("my_method")
@@ -37,6 +42,7 @@ def register_compressor(name: str, fn: Optional[CompressorFn] = None, *, overwri
 
     A merging method returns `(mask [T, N] bool, merged [K, D])`, `merged` being the new
     features of the K kept tokens in ascending kept order (see the module docstring).
+    `scans_input`: the compressor vouches for unchecked input itself (module docstring).
     """
     key = str(name).strip().lower()
     if not key or not key.replace("_", "").replace("-", "").isalnum():
@@ -48,6 +54,7 @@ def register_compressor(name: str, fn: Optional[CompressorFn] = None, *, overwri
         if key in _REGISTRY and _REGISTRY[key] is not f and not overwrite:
             raise ValueError(f"a compressor named {key!r} is already registered (pass overwrite=True to replace it)")
         _REGISTRY[key] = f
+        (_SCANS_INPUT.add if scans_input else _SCANS_INPUT.discard)(key)
         return f
 
     return _register if fn is None else _register(fn)
@@ -56,6 +63,13 @@ def register_compressor(name: str, fn: Optional[CompressorFn] = None, *, overwri
 def unregister_compressor(name: str) -> None:
     """Remove a registered compressor (mainly for tests of user-registered methods)."""
     _REGISTRY.pop(str(name).strip().lower(), None)
+    _SCANS_INPUT.discard(str(name).strip().lower())
+
+
+def scans_input(name: str) -> bool:
+    """Whether compressor `name` was registered with `scans_input=True`."""
+    _ensure_builtins()
+    return str(name).strip().lower() in _SCANS_INPUT
 
 
 def get_compressor(name: str) -> CompressorFn:

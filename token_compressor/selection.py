@@ -8,9 +8,9 @@ from typing import Optional
 import torch
 
 from .config import ConfigError, parse_ratio
-from .kernels.ranges import normalising_exponent, times_power_of_two
+from .kernels.ranges import InputUnverified, normalising_exponent, scanning_input, times_power_of_two
 from .kernels.threads import selection_threads
-from .registry import get_compressor
+from .registry import get_compressor, scans_input
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,11 @@ def validate_features(features, num_frames) -> tuple:
 
 def _validate(features, num_frames) -> tuple:
     """`(T, N, D, max |features|)` of a valid video (see `validate_features`)."""
+    return (*_check_shape(features, num_frames), _check_values(features))
+
+
+def _check_shape(features, num_frames) -> tuple:
+    """`(T, N, D)`: everything about a video that does not read its values."""
     if not isinstance(features, torch.Tensor):
         raise ValueError(f"features must be a torch.Tensor of shape [T*N, D], got {type(features).__name__}")
     if features.dim() != 2:
@@ -98,13 +103,18 @@ def _validate(features, num_frames) -> tuple:
             f"features have {rows} rows, not divisible by num_frames={num_frames}; "
             f"expected T*N rows with N tokens per frame"
         )
-    # min/max propagate NaN and expose inf: ~2 ms on a [8192, 3584] video where an elementwise
-    # isfinite mask costs ~80 ms; count exactly only when something is wrong.
+    return num_frames, rows // num_frames, dim
+
+
+def _check_values(features: torch.Tensor) -> float:
+    """`max |features|`, or a ValueError counting the non-finite values."""
+    # min/max propagate NaN and expose inf: one read, no temporary (~2 ms on a [8192, 3584]
+    # video where an elementwise isfinite mask costs ~80 ms); count exactly only when wrong.
     lo, hi = torch.aminmax(features)
     if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
         bad = int((~torch.isfinite(features)).sum())
         raise ValueError(f"features contain {bad} non-finite value(s) (NaN or inf)")
-    return num_frames, rows // num_frames, dim, max(abs(float(lo)), abs(float(hi)))
+    return max(abs(float(lo)), abs(float(hi)))
 
 
 def select(features: torch.Tensor, num_frames: int, ratio: float, method: str = "vidcom2", **options) -> Selection:
@@ -123,7 +133,7 @@ def select(features: torch.Tensor, num_frames: int, ratio: float, method: str = 
         ValueError: bad shape, empty or non-finite features, ratio outside (0, 1], unknown method,
             or a compressor output that breaks the contract (named in the message).
     """
-    T, N, D, amax = _validate(features, num_frames)
+    T, N, D = _check_shape(features, num_frames)
     try:
         r = parse_ratio(ratio, "ratio")
     except ConfigError as e:
@@ -132,13 +142,8 @@ def select(features: torch.Tensor, num_frames: int, ratio: float, method: str = 
     name = str(method).strip().lower()
     # a selection is a discrete choice: no gradient flows through it; on CPU it runs on one
     # thread (kernels/threads.py: measured faster at every thread count)
-    # decisions relative to scale: a video of extreme magnitude is brought into the range where
-    # every compressor's arithmetic is exact up to scale (kernels/ranges.py), by a power of two
-    exponent = normalising_exponent(amax)
     with torch.no_grad(), selection_threads(features.device):
-        out = fn(times_power_of_two(features.detach(), -exponent).reshape(T, N, D), r, **options)
-        if exponent and isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], torch.Tensor):
-            out = (out[0], times_power_of_two(out[1], exponent))  # merged rows back at the input's scale
+        out = _run(fn, name, features.detach(), T, N, D, r, options)
     mask, merged = _check_output(out, name, features, T, N, D)
     return Selection(
         keep=mask.reshape(-1).nonzero().squeeze(1),
@@ -149,6 +154,41 @@ def select(features: torch.Tensor, num_frames: int, ratio: float, method: str = 
         ratio=r,
         features=merged,
     )
+
+
+def _run(fn, name: str, features: torch.Tensor, T: int, N: int, D: int, r: float, options: dict):
+    """The compressor's output for a checked video: finite features (a ValueError counting the
+    non-finite values otherwise), brought into range by a power of two when their magnitude is
+    extreme (kernels/ranges.py), merged rows put back at the input's scale.
+
+    On CPU a compressor registered with `scans_input` is called on the unchecked video first:
+    its scorer's first pass vouches for the values from its own sums (`ranges.vouch_for_input`),
+    which spares the memory-bound selection a whole read of the video. When it cannot (a value
+    that is not finite, a magnitude near the range's ends, a backend that does not scan), the
+    full check runs and decides as before; the compressor runs again only if it must."""
+    if features.device.type == "cpu" and scans_input(name):
+        with scanning_input() as scan:
+            try:
+                out = fn(features.reshape(T, N, D), r, **options)
+            except InputUnverified:
+                out = None
+            except Exception:
+                if not scan.verified:
+                    _check_values(features)  # bad input gets its own error, not the compressor's
+                raise
+        if scan.verified:
+            return out
+        exponent = normalising_exponent(_check_values(features))
+        if out is not None and exponent == 0:
+            return out
+    else:
+        exponent = normalising_exponent(_check_values(features))
+    # decisions relative to scale: a video of extreme magnitude is brought into the range where
+    # every compressor's arithmetic is exact up to scale (kernels/ranges.py), by a power of two
+    out = fn(times_power_of_two(features, -exponent).reshape(T, N, D), r, **options)
+    if exponent and isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], torch.Tensor):
+        out = (out[0], times_power_of_two(out[1], exponent))  # merged rows back at the input's scale
+    return out
 
 
 def _check_output(out, name: str, features: torch.Tensor, T: int, N: int, D: int):
@@ -182,7 +222,10 @@ def _check_output(out, name: str, features: torch.Tensor, T: int, N: int, D: int
     if merged.device != features.device:
         raise ValueError(f"compressor {name!r} returned merged features on {merged.device}; "
                          f"expected the input's device {features.device}")
-    if not bool(torch.isfinite(merged).all()):
+    # a min/max reduction (NaN propagates, inf shows) reads the rows once with no temporary;
+    # `isfinite(merged).all()` would materialise a bool tensor of the rows' size first
+    lo, hi = torch.aminmax(merged)
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
         raise ValueError(f"compressor {name!r} returned {int((~torch.isfinite(merged)).sum())} non-finite "
                          "merged feature value(s)")
     return mask, merged.detach()

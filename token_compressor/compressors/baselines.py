@@ -39,7 +39,7 @@ def random_tokens(features: torch.Tensor, ratio: float, *, seed: int = 0) -> tor
     return keep_lowest_per_frame(noise, uniform_budget(T, N, ratio, features.device))
 
 
-@register_compressor("uniform")
+@register_compressor("uniform", scans_input=True)  # VidCom²'s scorer vouches for the input
 def uniform_vidcom2(features: torch.Tensor, ratio: float, *, backend: Optional[str] = None) -> torch.Tensor:
     """VidCom² token scores without frame budgets (the paper's ablation): every frame keeps
     `max(1, round(r*N))` tokens with the smallest `s_video + s_frame`."""
@@ -54,7 +54,7 @@ def evs_retained_count(tokens_per_frame: int, num_frames: int, ratio: float) -> 
     return max(tokens_per_frame, int(tokens_per_frame * num_frames * (1 - q)))
 
 
-@register_compressor("evs")
+@register_compressor("evs", scans_input=True)  # its scorer vouches for the input
 def evs(features: torch.Tensor, ratio: float) -> torch.Tensor:
     """vLLM's Efficient Video Sampling: rank all tokens by cosine dissimilarity to the token at
     the same spatial position in the previous frame (the first frame always kept), one stable

@@ -1,6 +1,7 @@
 """fp32 views of a video a few frames at a time.
 
-FastVID and HoliTom score in fp32 whatever the input dtype. Upcasting a whole bf16 video
+FastVID scores in fp32 whatever the input dtype (HoliTom did too; it now reads cache-sized
+token blocks like EVS, `holitom.norms_and_next_cosine`). Upcasting a whole bf16 video
 (T=32, N=256, D=3584: 117 MB) allocates a fresh buffer on every call, and on CPU faulting its
 pages in costs more than the arithmetic done on it. The passes that need every row in fp32 run
 over blocks of frames converted into one small reused buffer instead; fp32 input is sliced

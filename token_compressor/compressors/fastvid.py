@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from ..config import check_method_options
 from ..registry import register_compressor
-from .blocks import fp32_blocks, one_hot_sums
+from ..kernels.threads import caller_threads
+from .blocks import BLOCK_BYTES, fp32_blocks, one_hot_sums
 from .dpc import dpc_knn, jitter_draws, pad_jitter
 from .holitom import _rank_mask, check_features, check_ratio
 
@@ -224,7 +225,6 @@ def fastvid(
     # context frames: DPC-kNN centres among the frame's non-salient tokens, ascending position
     cf = (ctx_n > 0).nonzero().flatten().tolist()
     context = torch.zeros(T, N, dtype=torch.bool, device=dev)
-    merged_rows = None
     if cf:
         cfi = torch.tensor(cf, device=dev)
         rest = ~salient[cfi]  # [F, N]
@@ -233,25 +233,55 @@ def fastvid(
         pos = torch.sort(torch.where(rest, torch.arange(N, device=dev), N), dim=1).values[:, :M]
         valid = pos < N
         pos_c = pos.clamp(max=N - 1)
-        pts = features[cfi.unsqueeze(1), pos_c].float()  # [F, M, D]
         n_c = torch.minimum(ctx_n[cf].to(dev), n_rest)
         k_f = n_rest.clamp(max=DPC_K, min=1)
         noise = None
         if jitter > 0:
             noise = pad_jitter(jitter_draws(n_rest.tolist(), seed, float(jitter), "cpu"), M, dev)
-        is_centre, _ = dpc_knn(pts, valid, n_c, k_f, noise)
-        fi, mi = is_centre.nonzero(as_tuple=True)
-        context[cfi[fi], pos_c[fi, mi]] = True
-        merged_rows = _merge_context(features, seg, salient, context, cfi, float(dtm_beta))
+        # DPC a few context frames at a time: their fp32 copies stay within BLOCK_BYTES (all
+        # of them at once were twice a bf16 video's size when every frame is a context frame)
+        step = max(1, BLOCK_BYTES // (8 * M * D))  # half a block: fp32 rows, bf16 gather, distances
+        for a in range(0, len(cf), step):
+            b = min(len(cf), a + step)
+            pts = features[cfi[a:b].unsqueeze(1), pos_c[a:b]].float()  # [f, M, D]
+            with caller_threads():  # one large product and its [f, M, M] companions
+                is_centre, _ = dpc_knn(pts, valid[a:b], n_c[a:b], k_f[a:b], None if noise is None else noise[a:b])
+            fi, mi = is_centre.nonzero(as_tuple=True)
+            context[cfi[a + fi], pos_c[a + fi, mi]] = True
 
     mask = salient | context
     ti, ni = mask.nonzero(as_tuple=True)
     rows = features[ti, ni]  # advanced indexing: a copy
-    if merged_rows is not None:
-        is_ctx = context[ti, ni]
-        # context rows in row-major order are exactly `merged_rows`' order
-        rows[is_ctx] = merged_rows.to(features.dtype)
+    if cf:
+        # DTM over chunks of whole segments, the context rows written into `rows` chunk by
+        # chunk: the fp32 state (the context tokens' rows, unit rows and sums) stays bounded
+        out_row = (mask.view(-1).cumsum(0) - 1).view(T, N)
+        for t0, t1 in _segment_chunks(seg.cpu(), context.sum(1).cpu(), BLOCK_BYTES // (24 * D)):
+            sub = cfi[(cfi >= t0) & (cfi < t1)] - t0
+            if sub.numel() == 0:
+                continue
+            sub_ctx = context[t0:t1]
+            merged = _merge_context(features[t0:t1], seg[t0:t1] - seg[t0], salient[t0:t1], sub_ctx, sub,
+                                    float(dtm_beta))
+            ct, cn = sub_ctx.nonzero(as_tuple=True)  # row-major: `merged`'s order
+            rows[out_row[ct + t0, cn]] = merged.to(features.dtype)
     return mask, rows
+
+
+def _segment_chunks(seg: torch.Tensor, ctx_per_frame: torch.Tensor, max_tokens: int):
+    """Frame ranges `(t0, t1)` of consecutive whole segments, each holding at most `max_tokens`
+    context tokens unless a single segment has more (then it is a chunk alone). CPU int64 `[T]`."""
+    T = seg.numel()
+    ends = ((seg[1:] != seg[:-1]).nonzero().flatten() + 1).tolist() + [T]
+    per_seg = torch.zeros(len(ends), dtype=torch.long).index_add_(0, seg - seg[0], ctx_per_frame).tolist()
+    t0, start, tokens = 0, 0, 0
+    for end, n in zip(ends, per_seg):
+        if tokens and tokens + n > max_tokens:
+            yield t0, start
+            t0, tokens = start, 0
+        tokens += n
+        start = end
+    yield t0, T
 
 
 def _merge_context(features, seg, salient, context, cfi, beta):
@@ -308,7 +338,8 @@ def _merge_context(features, seg, salient, context, cfi, beta):
             continue
         tb = tab[t0 + fr]  # [f, Q*Cmax]
         xs = x if fr.numel() == t1 - t0 else x[fr]
-        sim = torch.bmm(xs, ctx_n[tb.clamp(min=0)].transpose(1, 2)).view(-1, N, Q, Cmax)
+        with caller_threads():  # the DTM's one large product
+            sim = torch.bmm(xs, ctx_n[tb.clamp(min=0)].transpose(1, 2)).view(-1, N, Q, Cmax)
         sim = sim.masked_fill((tb < 0).view(-1, 1, Q, Cmax), float("-inf"))
         best = sim.argmax(-1)  # [f, N, Q], first maximum
         target = torch.gather(tb.view(-1, 1, Q, Cmax).expand(-1, N, -1, -1), 3, best.unsqueeze(-1)).squeeze(-1)

@@ -36,10 +36,21 @@ import torch
 
 from ..config import check_method_options
 from ..registry import register_compressor
-from .blocks import BLOCK_BYTES, fp32_blocks, one_hot_sums
+from ..kernels.machine import block_rows
+from ..kernels.torch_scores import frame_blocks
 from .dpc import dpc_knn, jitter_draws, pad_jitter
 
 POSITIONS = ("linspace", "centres")
+# Rows per block of the norms-and-cosines pass: None sizes them from the machine's L2 (three fp32
+# buffers, `machine.block_rows`); an int overrides (tests move the block boundaries).
+BLOCK_ROWS = None
+# The DPC-kNN merges run on groups of sets (windows, frames) whose fp32 points take at most this
+# much, and at most 1/GROUP_SHARE of the input's bytes (at least one set per group): holding every
+# window's fp32 points at once, with the merge's temporaries, took about the input's size again.
+GROUP_BYTES = 16 << 20
+GROUP_SHARE = 32
+# Rows per gathered chunk when the kept input rows are copied into the output.
+COPY_ROWS = 1024
 
 
 def check_ratio(ratio: float, name: str = "ratio") -> float:
@@ -65,21 +76,33 @@ def norms_and_next_cosine(features: torch.Tensor):
 
     One row-wise dot product and the norms (the authors normalise, then take the cosine: the same
     value to ~1e-7, without two normalised copies of the video). Zero rows: similarity 0.
+    The video is read once, in cache-sized blocks of tokens through the frames (as EVS reads it),
+    each upcast once into one of two reused fp32 buffers; every norm and dot is a row-wise
+    operation, so the values do not depend on the blocks.
     """
     T, N, D = features.shape
-    norms = torch.empty(T, N, device=features.device)
-    dots = torch.empty(max(T - 1, 0), N, device=features.device)
-    # row-wise dots as products into one reused buffer of a few frames, then sums: half the time
-    # of a batched [1, D] x [D, 1] product on CPU, no fresh pages per block, and no whole-video
-    # temporary for fp32 input (which comes as one block)
-    step = max(1, BLOCK_BYTES // (4 * N * D))
-    prod = torch.empty(min(step, max(T - 1, 0)), N, D, device=features.device)
-    for t0, t1, x in fp32_blocks(features, overlap=1):
-        norms[t0:t1] = torch.linalg.vector_norm(x, dim=-1)
-        for a in range(0, t1 - t0 - 1, step):
-            b = min(a + step, t1 - t0 - 1)
-            p = torch.mul(x[a:b], x[a + 1:b + 1], out=prod[: b - a])
-            dots[t0 + a:t0 + b] = p.sum(-1)
+    f32 = dict(dtype=torch.float32, device=features.device)
+    norms = torch.empty(T, N, **f32)
+    dots = torch.empty(max(T - 1, 0), N, **f32)
+    rows = BLOCK_ROWS if BLOCK_ROWS is not None else block_rows(4 * D, buffers=3)
+    rows = max(1, min(rows, T * N))
+    upcast = features.dtype != torch.float32
+    bufs = (torch.empty(rows, D, **f32), torch.empty(rows, D, **f32)) if upcast else None
+    prod = torch.empty(rows, D, **f32)
+    before = None  # the previous block: the same tokens, the frames just before
+    for j, (f0, f1, i0, i1) in enumerate(frame_blocks(T, N, rows, token_major=True)):
+        n = i1 - i0
+        r = (f1 - f0) * n
+        x = features[f0:f1, i0:i1].reshape(r, D)
+        if upcast:
+            x = bufs[j % 2][:r].copy_(x)
+        torch.linalg.vector_norm(x, dim=-1, out=norms[f0:f1, i0:i1].view(-1))
+        if f0 > 0:  # (f0 - 1, f0) across the block boundary
+            torch.sum(torch.mul(before[-n:], x[:n], out=prod[:n]), dim=-1, out=dots[f0 - 1, i0:i1])
+        if r > n:  # (f, f + 1) inside the block
+            p = torch.mul(x[:-n], x[n:], out=prod[: r - n])
+            torch.sum(p.view(-1, n, D), dim=-1, out=dots[f0: f1 - 1, i0:i1])
+        before = x
     n = norms.clamp_min(1e-12)
     return norms, dots / (n[:-1] * n[1:])
 
@@ -187,6 +210,24 @@ def _pack(valid: torch.Tensor):
     return pos.clamp(max=N - 1), pos < N
 
 
+def _merge_in_groups(points, valid, n_centres, k, noise, beta, D: int, budget: int, place) -> None:
+    """`_cluster_merge` over B padded sets, a group of sets at a time whose fp32 points
+    `[b, M, D]` take at most `budget` bytes (at least one set): `points(g0, g1)` builds sets
+    g0..g1-1, `place(set index [C], slot index [C], merged fp32 [C, D])` takes each group's
+    centres (set by set, slots ascending). Every set is clustered on its own at the same padded
+    width M, as in one batch: only one group's points and merge temporaries exist at a time.
+
+    Args: valid bool `[B, M]`, n_centres / k int64 `[B]`, noise `[B, M]` or None.
+    """
+    B, M = valid.shape
+    per = max(1, budget // (M * D * 4))
+    for g0 in range(0, B, per):
+        g1 = min(B, g0 + per)
+        bi, mi, merged = _cluster_merge(points(g0, g1), valid[g0:g1], n_centres[g0:g1], k[g0:g1],
+                                        None if noise is None else noise[g0:g1], beta)
+        place(bi + g0, mi, merged)
+
+
 @register_compressor("holitom")
 def holitom(
     features: torch.Tensor,
@@ -283,73 +324,101 @@ def holitom(
             sizes.append(n_static[w])
     draws = jitter_draws(sizes, seed, float(jitter), "cpu")
 
-    # contextual dynamic tokens: DPC-kNN centres among each frame's other dynamic tokens
+    flat = features.reshape(T * N, D)
+    budget = max(1, min(GROUP_BYTES, flat.numel() * flat.element_size() // GROUP_SHARE))
     ctx_frames = (torch.tensor(ctx_w, device=dev)[win_of_frame] > 0).nonzero().flatten()
-    x_frame = x_tok = x_rows = None
-    if ctx_frames.numel():
-        rest = ~static_tn[ctx_frames] & ~dominant[ctx_frames]
-        pos_c, packed_valid = _pack(rest)
-        pts = features[ctx_frames.unsqueeze(1), pos_c].float()
-        n_c = torch.tensor(ctx_w, device=dev)[win_of_frame[ctx_frames]]
-        noise = pad_jitter([draws[i] for i in dyn_draw], pos_c.shape[1], dev) if jitter > 0 else None
-        bi, mi, x_rows = _cluster_merge(pts, packed_valid, n_c, n_c.clamp(max=int(k)), noise, beta)
-        x_frame, x_tok = ctx_frames[bi], pos_c[bi, mi]
+    sel = torch.tensor(todo, dtype=torch.long, device=dev)
+    first = starts[sel]
 
-    # static tokens: window means, DPC-kNN clusters, each centre 0.6*itself + 0.4*mean(members)
-    c_frame = c_tok = merged = None
-    if todo:
-        sel = torch.tensor(todo, device=dev)
-        B = len(todo)
-        # each window's static tokens packed to the front, ascending position
-        pos_c, packed_valid = _pack(static_w[sel])
-        M = pos_c.shape[1]
-        # window means as one sparse product (sum over the window's frames in time order, then
-        # / frames): no copy of the window's rows
-        Lw = lengths[sel]
-        Lmax = int(Lw.max())
-        frame = starts[sel].view(B, 1, 1) + torch.arange(Lmax, device=dev).view(1, Lmax, 1)
-        take = (torch.arange(Lmax, device=dev).view(1, Lmax, 1) < Lw.view(B, 1, 1)) & packed_valid.unsqueeze(1)
-        out_row = (torch.arange(B, device=dev).view(B, 1, 1) * M + torch.arange(M, device=dev).view(1, 1, M))
-        col = frame * N + pos_c.unsqueeze(1)
-        rows_, cols = out_row.expand(B, Lmax, M)[take], col[take]
-        pts = torch.zeros(B * M, D, device=dev)
-        for t0, t1, x in fp32_blocks(features):
-            inside = (cols >= t0 * N) & (cols < t1 * N)
-            if not bool(inside.any()):
-                continue
-            r_in = rows_[inside]
-            r0, r1 = int(r_in.min()), int(r_in.max()) + 1  # the windows overlapping the block
-            pts[r0:r1] += one_hot_sums(r_in - r0, cols[inside] - t0 * N, r1 - r0, x.reshape(-1, D))
-        pts = pts.view(B, M, D) / Lw.view(B, 1, 1).float()
-        n_c = torch.tensor([clusters[w] for w in todo], device=dev)
-        noise = pad_jitter([draws[i] for i in st_draw], M, dev) if jitter > 0 else None
-        bi, mi, merged = _cluster_merge(pts, packed_valid, n_c, n_c.clamp(max=int(k)), noise, beta)
-        c_frame = starts[sel][bi]  # a cluster sits at its centre's position in the window's first frame
-        c_tok = pos_c[bi, mi]
-
-    # output rows with their kind: 0 static (at the window's first frame), 1 dominant, 2 contextual
+    # Every output row is written once, in place. Rows per frame are known before any clustering
+    # (a window's static clusters sit at its first frame, `clusters[w]` of them; a contextual
+    # frame has `ctx_w` centres), so in the authors' order, key (t, kind, i), each part's rows
+    # have their places at once; in `centres` order (t, i) the merged rows wait for the sort.
     dt, dn = dominant.nonzero(as_tuple=True)
-    parts = [(dt, dn, features[dt, dn], 1)]
-    if x_rows is not None:
-        parts.append((x_frame, x_tok, x_rows.to(features.dtype), 2))
-    if merged is not None:
-        parts.append((c_frame, c_tok, merged.to(features.dtype), 0))
-    dt = torch.cat([p[0] for p in parts])
-    dn = torch.cat([p[1] for p in parts])
-    rows = torch.cat([p[2] for p in parts])
-    kind = torch.cat([torch.full_like(p[0], p[3]) for p in parts])
-    K = dt.numel()
+    n_stat_f = torch.zeros(T, dtype=torch.long, device=dev)
+    n_stat_f[first] = torch.tensor([clusters[w] for w in todo], dtype=torch.long, device=dev)
+    n_dom_f = dominant.sum(1)
+    n_ctx_f = torch.zeros(T, dtype=torch.long, device=dev)
+    n_ctx_f[ctx_frames] = torch.tensor(ctx_w, device=dev)[win_of_frame[ctx_frames]]
+    per_frame = n_stat_f + n_dom_f + n_ctx_f
+    K = int(per_frame.sum())
     if K == 0:
         mask = torch.zeros(T, N, dtype=torch.bool, device=dev)
         mask[0, 0] = True
         return mask, features[0, :1].clone()
+    out = torch.empty(K, D, dtype=features.dtype, device=dev)
+    off = torch.cumsum(per_frame, 0) - per_frame  # first row of each frame, in the authors' order
+    linspace = positions == "linspace"
+    held = []  # (frame, token, rows) of merged rows, in `centres` order only
+
+    def placer(frame_of_set, pos_c, kind_offset):
+        def place(bi, mi, merged):
+            f = frame_of_set[bi]
+            if not linspace:
+                held.append((f, pos_c[bi, mi], merged.to(features.dtype)))
+                return
+            # rank of each centre among its set's, set by set in slot order (= token order)
+            starts_ = torch.searchsorted(bi, bi, right=False)
+            rank = torch.arange(bi.numel(), device=dev) - starts_
+            out[off[f] + kind_offset(f) + rank] = merged.to(features.dtype)
+        return place
+
+    # contextual dynamic tokens: DPC-kNN centres among each frame's other dynamic tokens
+    if ctx_frames.numel():
+        rest = ~static_tn[ctx_frames] & ~dominant[ctx_frames]
+        pos_x, valid_x = _pack(rest)
+        n_c = n_ctx_f[ctx_frames]
+        noise = pad_jitter([draws[i] for i in dyn_draw], pos_x.shape[1], dev) if jitter > 0 else None
+
+        def frame_points(g0, g1):
+            return flat[ctx_frames[g0:g1].unsqueeze(1) * N + pos_x[g0:g1]].float()
+
+        _merge_in_groups(frame_points, valid_x, n_c, n_c.clamp(max=int(k)), noise, beta, D, budget,
+                         placer(ctx_frames, pos_x, lambda f: n_stat_f[f] + n_dom_f[f]))
+
+    # static tokens: window means, DPC-kNN clusters, each centre 0.6*itself + 0.4*mean(members)
+    if todo:
+        # each window's static tokens packed to the front, ascending position
+        pos_s, valid_s = _pack(static_w[sel])
+        Lw = lengths[sel]
+
+        def window_means(g0, g1):
+            # the sum over the window's frames in time order, then / frames (0 at padding): a
+            # gather of one frame's static rows per window and step
+            L = Lw[g0:g1]
+            pts = torch.zeros(g1 - g0, pos_s.shape[1], D, device=dev)
+            for step in range(int(L.max())):
+                b = (L > step).nonzero().flatten()
+                pts[b] += flat[(first[g0:g1][b] + step).unsqueeze(1) * N + pos_s[g0:g1][b]].float()
+            return pts.masked_fill_(~valid_s[g0:g1].unsqueeze(2), 0.0).div_(L.view(-1, 1, 1).float())
+
+        n_c = n_stat_f[first]
+        noise = pad_jitter([draws[i] for i in st_draw], pos_s.shape[1], dev) if jitter > 0 else None
+        # a cluster sits at its centre's position in the window's first frame
+        _merge_in_groups(window_means, valid_s, n_c, n_c.clamp(max=int(k)), noise, beta, D, budget,
+                         placer(first, pos_s, lambda f: 0))
+
     mask = torch.zeros(T * N, dtype=torch.bool, device=dev)
-    if positions == "centres":
-        where = dt * N + dn
+    if linspace:
+        # authors' row order: per window, its static rows by position, then frame by frame its
+        # dominant rows by position, then its contextual rows by position: key (t, kind, i)
+        mask[torch.linspace(0, T * N - 1, K, dtype=torch.long, device=dev)] = True
+        rank = torch.arange(dt.numel(), device=dev) - (torch.cumsum(n_dom_f, 0) - n_dom_f)[dt]
+        dest = off[dt] + n_stat_f[dt] + rank
+    else:
+        frames = torch.cat([dt] + [h[0] for h in held])
+        where = frames * N + torch.cat([dn] + [h[1] for h in held])
         mask[where] = True
-        return mask.view(T, N), rows[torch.argsort(where)]
-    # authors' row order: per window, its static rows by position, then frame by frame its
-    # dominant rows by position, then its contextual rows by position: key (t, kind, i)
-    key = (3 * dt + kind) * N + dn
-    mask[torch.linspace(0, T * N - 1, K, dtype=torch.long, device=dev)] = True
-    return mask.view(T, N), rows[torch.argsort(key)]
+        dest = torch.empty_like(where)
+        dest[torch.argsort(where)] = torch.arange(K, device=dev)
+        at = dt.numel()
+        for _, _, rows in held:
+            out.index_copy_(0, dest[at:at + rows.shape[0]], rows)
+            at += rows.shape[0]
+        held.clear()
+    # the kept input rows, gathered a chunk at a time
+    src = dt * N + dn
+    for c0 in range(0, src.numel(), COPY_ROWS):
+        c1 = min(c0 + COPY_ROWS, src.numel())
+        out.index_copy_(0, dest[c0:c1], flat.index_select(0, src[c0:c1]))
+    return mask.view(T, N), out

@@ -82,7 +82,7 @@ def keep_lowest_per_frame(scores: torch.Tensor, budgets: torch.Tensor) -> torch.
     return mask.scatter_(1, order, ranks_kept)
 
 
-@register_compressor("vidcom2")
+@register_compressor("vidcom2", scans_input=True)  # its torch scorer vouches for the input
 def vidcom2(features: torch.Tensor, ratio: float, *, backend: Optional[str] = None,
             total: Optional[int] = None) -> torch.Tensor:
     """VidCom² keep mask for one video.

@@ -1,29 +1,35 @@
-"""vLLM's EVS dissimilarities in plain torch, frame block by frame block.
+"""vLLM's EVS dissimilarities in plain torch, cache-sized block by block.
 
 vLLM scores a video with `1 - F.cosine_similarity(x[1:], x[:-1], dim=-1)`, which (torch's ATen
 implementation) normalises each row first, `x / max(|x|, eps)` with `|x| = linalg.vector_norm`,
 then sums the elementwise product of the two unit rows. On a whole video that materialises four
 `[T-1, N, D]` tensors (two normalised copies, their product, and an fp32 copy of half input).
-Here the same elementwise operations run on blocks of a few frames through reused fp32 buffers:
-each frame is upcast and normalised once (it serves two pairs) and the product of a block lives
-in cache. Same operations on the same values in the same order, so the dissimilarities are the
+Here the same elementwise operations run on cache-sized blocks (a few frames, or a chunk of a
+frame's tokens taken through every frame) through reused fp32 buffers: each row is upcast and
+normalised once (it serves two pairs) and the product of a block lives in cache. The one pass
+also vouches for `select`'s input check (`ranges.vouch_for_input`), so the video is read once. Same operations on the same values in the same order, so the dissimilarities are the
 ones `F.cosine_similarity` gives on the fp32 input (tested bitwise), and the selection is exactly
 vLLM's from fp32 input.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from .ranges import downscale_for_range
+from .machine import block_rows
+from .ranges import downscale_for_range, vouch_for_input
+from .torch_scores import frame_blocks
 
 # F.cosine_similarity's default: each row's norm is clamped to at least this.
 COSINE_EPS = 1e-8
 # vLLM's EVS marks the first frame with this dissimilarity so that it always survives.
 FIRST_FRAME_DISSIMILARITY = 255.0
-# Rows per block (whole frames, at least one). Measured at one thread, T=32 N=256 D=3584, fp32
-# and bf16: 256 rows (one frame) fastest; 512-2048 rows 10-80 % slower (a block's fp32 buffers
-# leave the cache); norming in 32-128-row chunks within a block gained nothing.
-BLOCK_ROWS = 256
+# Rows per block: None sizes them from the machine's L2 (`machine.block_rows`: a block's three
+# fp32 buffers in the L2, with a floor against per-operation costs); an int overrides (tests move the block boundaries). When a frame
+# is larger than a block, the video is read token-chunk by token-chunk through all frames, so
+# that the previous frame's unit rows of the same tokens are still in the other buffer.
+BLOCK_ROWS: Optional[int] = None
 
 
 def _unit_rows(rows: torch.Tensor, out: torch.Tensor, norms: torch.Tensor, scale: float) -> None:
@@ -40,26 +46,38 @@ def _unit_rows(rows: torch.Tensor, out: torch.Tensor, norms: torch.Tensor, scale
 
 
 def _dissimilarity(x: torch.Tensor, T: int, N: int, scale: float):
-    """fp32 `[T, N]`, or None when a norm overflowed at this `scale`."""
+    """fp32 `[T, N]`, or None when a norm overflowed at this `scale`.
+
+    At `scale` 1 the pass vouches for the input (`ranges.vouch_for_input`) from its row norms:
+    NaN or inf anywhere makes a norm non-finite, and `max|x|` lies between the largest norm over
+    sqrt(D) and the largest norm."""
     D = x.shape[1]
     f32 = dict(dtype=torch.float32, device=x.device)
-    frames = max(1, min(BLOCK_ROWS // N, T))
+    rows = BLOCK_ROWS if BLOCK_ROWS is not None else block_rows(4 * D, buffers=3)
+    rows = max(1, min(rows, T * N))
     # unit rows of alternate blocks: a block's first frame pairs with the other buffer's last
-    units = (torch.empty(frames * N, D, **f32), torch.empty(frames * N, D, **f32))
-    prod = torch.empty(frames * N, D, **f32)
-    norms = torch.empty(T * N, **f32)
+    units = (torch.empty(rows, D, **f32), torch.empty(rows, D, **f32))
+    prod = torch.empty(rows, D, **f32)
+    norms = torch.empty(T, N, **f32)
     sims = torch.empty(T, N, **f32)
-    for k, f0 in enumerate(range(0, T, frames)):
-        f1 = min(f0 + frames, T)
-        rows = (f1 - f0) * N
-        unit, before = units[k % 2][:rows], units[(k + 1) % 2]
-        _unit_rows(x[f0 * N: f1 * N], unit, norms[f0 * N: f1 * N], scale)
+    xv = x.view(T, N, D)
+    before = None  # unit rows of the previous block: the same tokens, the frames just before
+    for j, (f0, f1, i0, i1) in enumerate(frame_blocks(T, N, rows, token_major=True)):
+        n = i1 - i0
+        r = (f1 - f0) * n
+        unit = units[j % 2][:r]
+        _unit_rows(xv[f0:f1, i0:i1].reshape(r, D), unit, norms[f0:f1, i0:i1].view(-1), scale)
         if f0 > 0:  # (f0, f0 - 1) across the block boundary
-            torch.sum(torch.mul(unit[:N], before[-N:], out=prod[:N]), dim=-1, out=sims[f0])
-        if rows > N:  # (f, f - 1) inside the block
-            p = torch.mul(unit[N:], unit[:-N], out=prod[: rows - N])
-            torch.sum(p.view(-1, N, D), dim=-1, out=sims[f0 + 1: f1])
-    if not bool(torch.isfinite(norms).all()):
+            torch.sum(torch.mul(unit[:n], before[-n:], out=prod[:n]), dim=-1, out=sims[f0, i0:i1])
+        if r > n:  # (f, f - 1) inside the block
+            p = torch.mul(unit[n:], unit[:-n], out=prod[: r - n])
+            torch.sum(p.view(-1, n, D), dim=-1, out=sims[f0 + 1: f1, i0:i1])
+        before = unit
+    finite = bool(torch.isfinite(norms).all())
+    if scale == 1.0:
+        top = float(norms.max())
+        vouch_for_input(finite, top / D ** 0.5, top)
+    if not finite:
         return None
     out = torch.full((T, N), FIRST_FRAME_DISSIMILARITY, **f32)
     torch.sub(1.0, sims[1:], out=out[1:])

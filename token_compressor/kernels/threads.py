@@ -9,6 +9,8 @@ with one thread at 256 rows; one thread was also 2.5-5x faster than two at every
 size. On a quiet machine two threads were at best ~15 % faster (33 vs 39 ms, an earlier
 recording). So a CPU selection runs on one thread, whatever torch's global setting, and puts the
 setting back afterwards; the model around it keeps its threads. GPU selections are unaffected.
+The one exception is a few large matrix products (one barrier each, not hundreds), which run on
+the caller's setting again (`caller_threads`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from contextlib import contextmanager
 import torch
 
 SELECTION_THREADS = 1
+# the caller's thread count while `selection_threads` holds torch at SELECTION_THREADS (None
+# outside it): the few large matrix products inside a selection (VisionZip's and FastVID's
+# Gram matrices, ~1 GFLOP each) run on it again (`caller_threads`)
+_CALLER_THREADS = None
 
 
 @contextmanager
@@ -27,6 +33,28 @@ def selection_threads(device: torch.device):
     before = torch.get_num_threads()
     n = min(SELECTION_THREADS, before)
     if torch.device(device).type != "cpu" or n == before:
+        yield
+        return
+    global _CALLER_THREADS
+    outer, _CALLER_THREADS = _CALLER_THREADS, before
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _CALLER_THREADS = outer
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def caller_threads():
+    """Inside `selection_threads`: torch runs on the caller's thread count again for the block
+    (one large product amortises the per-operation barrier that makes many small ones slower on
+    several threads); elsewhere a no-op. The caller's setting decides, never the machine's load:
+    the same call runs the same way on every run (on a 2-core VM at load 8.5 two threads made
+    these products 1.7-2.5x slower; a busy caller sets torch's threads to 1 itself)."""
+    n = _CALLER_THREADS
+    before = torch.get_num_threads()
+    if n is None or n == before:
         yield
         return
     torch.set_num_threads(n)

@@ -10,22 +10,67 @@ so the features are only ever read, block by block, upcast to fp32 one block at 
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
-from .ranges import downscale_for_range
+from .machine import block_rows
+from .ranges import downscale_for_range, vouch_for_input
 
 EPS = 1e-12
 SCALES = (0.125, 0.25, 0.5, 1.0, 2.0)
-# Rows per block: big enough for BLAS to be efficient, small enough for a block's fp32 copy to
-# stay in cache (256 rows x 3584 channels x 4 bytes = 3.5 MiB). Measured at one thread, T=32
-# N=256 D=3584: 256 rows 83 ms (fp32) / 95 ms (bf16); 1024-2048 rows 128-234 ms; 8192 rows
-# (one block) 214 / 489 ms. Blocks hold whole frames, so N > 256 means one frame per block.
-BLOCK_ROWS = 256
-# Rows per block of the channel-variance pass; 64-256 rows within noise of each other (fp32
-# 25-30 ms, bf16 33-44 ms), 512-1024 rows slower (33-115 ms).
-VARIANCE_BLOCK_ROWS = 256
+# Rows per block of every pass: None sizes them from the machine's L2 (`machine.block_rows`: a
+# block's two fp32 buffers in the L2, with a floor against per-operation costs); an int overrides (tests move block boundaries). One
+# frame per block (256 rows x 3584 channels x 4 bytes = 3.5 MiB) overflowed a 2 MiB L2, and
+# the frame centres need no whole frame in a block: they are summed over the frame's blocks.
+BLOCK_ROWS: Optional[int] = None
+# The channel variances are shifted by the mean of the first SHIFT_ROWS rows (a statistical
+# choice, not a cache one: it does not follow the block size).
+SHIFT_ROWS = 256
+
+
+def _rows_per_block(D: int) -> int:
+    return BLOCK_ROWS if BLOCK_ROWS is not None else block_rows(4 * D, buffers=2)
+
+
+def frame_blocks(T: int, N: int, rows: int, reverse: bool = False,
+                 token_major: bool = False) -> Iterator[Tuple[int, int, int, int]]:
+    """`(f0, f1, i0, i1)`: tokens `i0..i1-1` of frames `f0..f1-1`, rows `f0*N+i0 .. (f1-1)*N+i1`
+    of a `[T*N, D]` video, contiguous, at most `rows` of them (at least one frame or chunk):
+    whole frames when N <= rows, else one frame in near-equal chunks of tokens, frame by frame
+    (`token_major`: chunk by chunk, each through every frame). Every row once; `reverse`
+    yields the same blocks in reverse order."""
+    if N <= rows:
+        per = rows // N
+        blocks = [(f0, min(T, f0 + per), 0, N) for f0 in range(0, T, per)]
+    else:
+        n = -(-N // rows)  # chunks per frame
+        size = -(-N // n)
+        chunks = [(i0, min(N, i0 + size)) for i0 in range(0, N, size)]
+        if token_major:
+            blocks = [(t, t + 1, i0, i1) for i0, i1 in chunks for t in range(T)]
+        else:
+            blocks = [(t, t + 1, i0, i1) for t in range(T) for i0, i1 in chunks]
+    return iter(blocks[::-1] if reverse else blocks)
+
+
+class _Upcast:
+    """fp32 views of `[T*N, D]` row blocks through one reused buffer; fp32 input at `scale` 1 is
+    viewed in place. Reusing the buffer matters on CPU: a fresh multi-MiB tensor per block is a
+    fresh mmap with page faults on every block, which costs more than the arithmetic (measured:
+    3x slower scoring of bf16 input)."""
+
+    def __init__(self, x: torch.Tensor, rows: int, scale: float = 1.0):
+        self.x, self.scale = x, scale
+        copy = x.dtype != torch.float32 or scale != 1.0
+        self.buf = torch.empty(min(rows, x.shape[0]), x.shape[1], dtype=torch.float32, device=x.device) if copy else None
+
+    def __call__(self, s: int, e: int) -> torch.Tensor:
+        """fp32 `[e-s, D]`: rows s..e-1 times `scale` (a power of two: exact), upcast once."""
+        if self.buf is None:
+            return self.x[s:e]
+        block = self.buf[: e - s].copy_(self.x[s:e])
+        return block.mul_(self.scale) if self.scale != 1.0 else block
 
 
 class _Blocks:
@@ -59,32 +104,44 @@ class _Blocks:
             yield s, e, block, self.scratch[: e - s]
 
 
-def channel_variance(x: torch.Tensor, block_rows: int = VARIANCE_BLOCK_ROWS, scale: float = 1.0) -> torch.Tensor:
+def channel_variance(x: torch.Tensor, block_rows: Optional[int] = None, scale: float = 1.0,
+                     vouch: bool = False) -> torch.Tensor:
     """Population variance of every channel of `x * scale` [M, D] -> fp32 [D] (inf where the
     fp32 sums overflow; `scale` is a power of two, see `ranges.py`).
 
     Shifted-data formula: with `y = x - m0`, `var = E[y²] - E[y]²`, m0 the mean of the first
-    block. The plain `E[x²] - E[x]²` cancels catastrophically on large-mean, low-variance
-    channels, which are exactly the ones VidCom² keeps; after the shift E[y] is a fraction of a
-    standard deviation, so the cancellation is harmless. The subtraction also upcasts half input
-    block by block, and the column sums are matrix-vector products (`x.var(0)`'s strided column
-    reduction is several times slower on CPU)."""
+    SHIFT_ROWS rows. The plain `E[x²] - E[x]²` cancels catastrophically on large-mean,
+    low-variance channels, which are exactly the ones VidCom² keeps; after the shift E[y] is a
+    fraction of a standard deviation, so the cancellation is harmless. Each block is upcast once
+    into a cache-sized buffer and shifted there; the column sums are matrix-vector products
+    (`x.var(0)`'s strided column reduction is several times slower on CPU).
+
+    `vouch`: this pass is the scorer's first read of the unscaled input; it vouches for the input
+    from its sums (`ranges.vouch_for_input`): NaN or inf anywhere makes them non-finite, and
+    `max|m0| <= max|x| <= max(|m0| + sqrt(Σ y²))`, `max|x| >= sqrt(Σ y² / 4M)` per channel."""
     M, D = x.shape
-    rows = max(1, min(block_rows, M))
-    first = x[:rows].float() * scale if scale != 1.0 else x[:rows].float()
-    shift = first.mean(dim=0)
-    scratch = torch.empty(rows, D, dtype=torch.float32, device=x.device)
+    rows = max(1, min(block_rows if block_rows is not None else _rows_per_block(D), M))
+    first = x[:SHIFT_ROWS].float()  # fp32 input: a view, not to be written
+    shift = (first * scale if scale != 1.0 else first).mean(dim=0)
+    upcast = _Upcast(x, rows, scale)
+    scratch = torch.empty(rows, D, dtype=torch.float32, device=x.device) if upcast.buf is None else None
     ones = torch.ones(rows, dtype=torch.float32, device=x.device)
     sum_y = torch.zeros(D, dtype=torch.float32, device=x.device)
     sum_y2 = torch.zeros(D, dtype=torch.float32, device=x.device)
     for s in range(0, M, rows):
         e = min(s + rows, M)
-        if scale == 1.0:
+        if scratch is not None:  # fp32 input read in place, shifted into the scratch
             y = torch.sub(x[s:e], shift, out=scratch[: e - s])
-        else:
-            y = torch.mul(x[s:e], scale, out=scratch[: e - s]).sub_(shift)
+        else:  # upcast once, shifted in place (a mixed-dtype subtraction is slower)
+            y = upcast(s, e).sub_(shift)
         sum_y.addmv_(y.t(), ones[: e - s])
         sum_y2.addmv_(y.mul_(y).t(), ones[: e - s])
+    if vouch:
+        finite = bool(torch.isfinite(sum_y).all() & torch.isfinite(sum_y2).all())
+        abs_shift = shift.abs()
+        root = sum_y2.sqrt()
+        lower = max(float(abs_shift.max()), float(root.max()) / (2.0 * M ** 0.5))
+        vouch_for_input(finite, lower, float((abs_shift + root).max()))
     mean_y = sum_y / M
     return (sum_y2 / M - mean_y * mean_y).clamp_min_(0.0)
 
@@ -142,43 +199,55 @@ def vidcom2_scores_torch(features: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
 def _scores(x: torch.Tensor, T: int, N: int, scale: float) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """The scores of `x * scale` `[T*N, D]`, or None when a channel variance or a row norm
     overflowed fp32 (checked on those small results: nothing else can overflow once they are
-    finite, since every other quantity is a dot with a unit-bounded centre)."""
+    finite, since every other quantity is a dot with a unit-bounded centre).
+
+    Three passes over the input, each upcasting a block once into a cache-sized buffer: the
+    channel variances (which channels count), the kept-channel norms and frame centres, the dots
+    with the centres; each needs the previous one's sums over the whole video. The middle pass
+    runs backwards, so that each pass starts on the blocks the previous one left in cache."""
     D = x.shape[1]
     dev = x.device
-    var = channel_variance(x, scale=scale)
+    rows = _rows_per_block(D)
+    var = channel_variance(x, block_rows=rows, scale=scale, vouch=scale == 1.0)
     if not bool(torch.isfinite(var).all()):
         return None
     # Channel weights: 1 on the kept channels, 0 elsewhere (avoids a [T*N, D/2] gather).
     w = torch.zeros(D, dtype=torch.float32, device=dev)
     w[_kept_channels(var)] = 1.0
 
-    inv_norm = torch.empty(T, N, dtype=torch.float32, device=dev)
-    unit_sq = torch.empty(T, N, dtype=torch.float32, device=dev)  # |x̂|², 1 except ~zero rows
-    dot_f = torch.empty(T, N, dtype=torch.float32, device=dev)
-    frame_centre_sq = torch.empty(T, dtype=torch.float32, device=dev)
-    g_sum = torch.zeros(D, dtype=torch.float32, device=dev)
-    # Blocks of whole frames (at least one), about BLOCK_ROWS rows each.
-    for s, e, xb, scratch in _Blocks(x, max(1, BLOCK_ROWS // N) * N, scale):
-        f0, f1 = s // N, e // N
-        xb = xb.view(f1 - f0, N, D)
-        sq = torch.matmul(torch.mul(xb, xb, out=scratch.view_as(xb)), w)  # [F, N], kept channels
-        inv = sq.sqrt().clamp_min_(EPS).reciprocal_()
-        inv_norm[f0:f1] = inv
-        unit_sq[f0:f1] = sq * inv * inv
-        # frame centres g_t = (1/N) Σ_i x_i / max(|x_i|, eps) on the kept channels: [F, D]
-        g_t = torch.bmm(inv.unsqueeze(1), xb).squeeze(1).mul_(w).div_(N)
-        g_sum.add_(g_t.sum(0), alpha=N)
-        frame_centre_sq[f0:f1] = (g_t * g_t).sum(1)
-        dot_f[f0:f1] = torch.bmm(xb, g_t.unsqueeze(2)).squeeze(2) * inv
+    f32 = dict(dtype=torch.float32, device=dev)
+    sq = torch.empty(T * N, **f32)  # kept-channel squared norms
+    inv = torch.empty(T * N, **f32)  # 1 / max(|x|, eps)
+    centre_sums = torch.zeros(T, D, **f32)  # Σ_i x_i / max(|x_i|, eps) per frame, every channel
+    upcast = _Upcast(x, rows, scale)
+    scratch = torch.empty(min(rows, x.shape[0]), D, **f32)
+    for f0, f1, i0, i1 in frame_blocks(T, N, rows, reverse=True):
+        s, e = f0 * N + i0, (f1 - 1) * N + i1
+        xb = upcast(s, e)
+        torch.mv(torch.mul(xb, xb, out=scratch[: e - s]), w, out=sq[s:e])
+        torch.sqrt(sq[s:e], out=inv[s:e]).clamp_min_(EPS).reciprocal_()
+        if f1 - f0 == 1:
+            centre_sums[f0].addmv_(xb.t(), inv[s:e])
+        else:
+            centre_sums[f0:f1].unsqueeze(1).baddbmm_(inv[s:e].view(f1 - f0, 1, N), xb.view(f1 - f0, N, D))
+    unit_sq = (sq * inv * inv).view(T, N)  # |x̂|², 1 except ~zero rows
     # an overflowed (inf) or inf * 0 (NaN, a dropped channel) squared norm makes |x̂|² NaN
     if not bool(torch.isfinite(unit_sq).all()):
         return None
-    g = g_sum / (T * N)
+    # frame centres g_t = (1/N) Σ_i x_i / max(|x_i|, eps) on the kept channels, and the video's
+    g_t = centre_sums.mul_(w).div_(N)  # [T, D]
+    g = g_t.sum(0).mul_(N).div_(T * N)
+    frame_centre_sq = (g_t * g_t).sum(1)
 
-    dot_v = torch.empty(T * N, dtype=torch.float32, device=dev)
-    if x.dtype == torch.float32 and scale == 1.0:
-        torch.mv(x, g, out=dot_v)
-    else:
-        for s, e, xb, _ in _Blocks(x, BLOCK_ROWS, scale):
-            torch.mv(xb, g, out=dot_v[s:e])
-    return scores_from_dots(unit_sq, dot_v.view(T, N) * inv_norm, (g * g).sum(), dot_f, frame_centre_sq)
+    dot_v = torch.empty(T * N, **f32)
+    dot_f = torch.empty(T * N, **f32)
+    for f0, f1, i0, i1 in frame_blocks(T, N, rows):
+        s, e = f0 * N + i0, (f1 - 1) * N + i1
+        xb = upcast(s, e)
+        torch.mv(xb, g, out=dot_v[s:e])
+        if f1 - f0 == 1:
+            torch.mv(xb, g_t[f0], out=dot_f[s:e])
+        else:
+            torch.bmm(xb.view(f1 - f0, N, D), g_t[f0:f1].unsqueeze(2), out=dot_f[s:e].view(f1 - f0, N, 1))
+    return scores_from_dots(unit_sq, (dot_v * inv).view(T, N), (g * g).sum(), (dot_f * inv).view(T, N),
+                            frame_centre_sq)
