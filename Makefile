@@ -14,6 +14,7 @@
 #   make test-latest   the suite on the newest releases on PyPI, WITHOUT a lock (not in CI), and the
 #                      core tests on the newest torch without torchvision
 #   make test-vllm     the vLLM plugin inside real vLLM engines (CPU build) on requirements/vllm.lock
+#   make bench-vllm    vLLM on CPU: uncompressed vs ours vs its EVS on a batch of videos (not in CI)
 #   make lock          regenerate the three locks (uv pip compile, pinned below)
 PYTHON ?= python3
 UV_VERSION := 0.13.9
@@ -41,7 +42,7 @@ MKL_PATH_TESTS := tests/test_select.py tests/test_golden.py tests/test_golden_ba
 	tests/test_score_range.py tests/test_viz.py tests/test_cli.py tests/test_retention.py \
 	tests/test_mkl_path.py
 
-.PHONY: bench test test-oldest test-mkl-path test-latest test-vllm lock venv clean
+.PHONY: bench bench-vllm test test-oldest test-mkl-path test-latest test-vllm lock venv clean
 
 # $(call venv,DIR,LOCK): a fresh venv in DIR from LOCK alone, stamped with LOCK's hash.
 define venv
@@ -95,6 +96,11 @@ test-oldest: .venv-oldest/.installed
 test-vllm: .venv-vllm/.installed
 	.venv-vllm/bin/python tools/check_venv.py requirements/vllm.lock
 	.venv-vllm/bin/python -m pytest -q tests_vllm
+
+# vLLM on CPU: uncompressed vs ours vs vLLM's EVS on a batch of videos (benchmarks/README.md, "vLLM (CPU)")
+bench-vllm: .venv-vllm/.installed
+	.venv-vllm/bin/python tools/check_venv.py requirements/vllm.lock
+	.venv-vllm/bin/python -m benchmarks.vllm_bench
 
 test-mkl-path: .venv/.installed
 	$(PY) tools/check_venv.py requirements/main.lock

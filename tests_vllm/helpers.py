@@ -11,23 +11,57 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # the main sui
 
 from tiny_checkpoint import save_checkpoint  # noqa: E402
 
-FPS = 2.0  # 2 frames per temporal patch: 1 s per grid step, an integer (see docs/vllm.md, defect 3)
+FPS = 2.0  # 2 frames per temporal patch: 1 s per grid step, an integer (see docs/vllm.md, defect 4)
 
 
 def vllm_sized(cfg):
-    """vLLM's CPU attention needs a head size >= 32: 2 heads of 32 (1 KV head), M-RoPE sections
-    summing to 16 = head_dim / 2."""
+    """Shapes vLLM 0.32's CPU build runs (each found as the error it raises otherwise):
+    - a text head size >= 32 (its CPU attention): 2 heads of 32 (1 KV head), M-RoPE sections
+      summing to half the rotated part of a head (Qwen3.5 rotates only `partial_rotary_factor` of
+      it: [2, 3, 3]; the others [4, 6, 6]);
+    - Qwen3.5's gated delta-net heads a multiple of 32 wide (`chunk_gated_delta_rule_cpu: expect
+      head_dim to be multiples of 32`);
+    - Qwen3-VL-MoE: `norm_topk_prob` in the config (vLLM's `Qwen3MoeSparseMoeBlock` reads it;
+      transformers' `Qwen3VLMoeTextConfig` has no such field, its router always renormalises, which
+      is `True`), and an expert width whose gate/up matrix is not square (2 * 48 != 64), so that
+      the layout of the saved experts is unambiguous (see `_released_expert_layout`)."""
     text = cfg.text_config
     text.num_attention_heads, text.num_key_value_heads = 2, 1
     text.head_dim = text.hidden_size // 2
     rope = dict(text.rope_parameters)
-    rope["mrope_section"] = [4, 6, 6]
+    rotated = int(text.head_dim * rope.get("partial_rotary_factor", 1.0))
+    rope["mrope_section"] = {16: [4, 6, 6], 8: [2, 3, 3]}[rotated // 2]
     text.rope_parameters = rope
+    if "linear_attention" in (getattr(text, "layer_types", None) or ()):
+        text.linear_key_head_dim = text.linear_value_head_dim = 128
+    if getattr(text, "num_experts", None):
+        text.norm_topk_prob = True
+        text.moe_intermediate_size = 48
+
+
+def _released_expert_layout(folder):
+    """transformers 5.19 saves Qwen3-VL-MoE's fused experts in its in-memory layout (`gate_up_proj`
+    `[E, 2I, H]`, `down_proj` `[E, H, I]`: its load-time `Transpose(check_dims=True)` finds the
+    shapes equal on the way back and does not transpose), but the released checkpoints, and vLLM's
+    loader (`is_fused_checkpoint_transposed=True`), have them as `[E, H, 2I]` and `[E, I, H]`
+    (vLLM otherwise fails loading: "The size of tensor a (32) must match the size of tensor b
+    (64)"). Rewrite the file in the released layout; transformers loads either (it transposes when
+    the shape differs from its own)."""
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(folder, "model.safetensors")
+    weights = load_file(path)
+    for name in weights:
+        if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            weights[name] = weights[name].transpose(1, 2).contiguous()
+    save_file(weights, path, metadata={"format": "pt"})
 
 
 def make_checkpoint(folder, family):
     if not os.path.exists(os.path.join(folder, "config.json")):
         save_checkpoint(folder, family, configure=vllm_sized)
+        if family == "qwen3_vl_moe":
+            _released_expert_layout(folder)
     return folder
 
 

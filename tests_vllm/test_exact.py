@@ -30,9 +30,17 @@ SETTINGS = [
     ("qwen3_vl", "vidcom2", {}),
     ("qwen3_vl", "visionzip", {}),
     ("qwen3_vl", "dycoke", {"DYCOKE_K": "0.7"}),
+    # Qwen3-VL-MoE and Qwen3.5 (dense and MoE) inherit Qwen3-VL's seams (its class methods and
+    # module functions); one method each: an engine per setting is what the suite's time goes on
+    ("qwen3_vl_moe", "vidcom2", {}),
+    ("qwen3_5", "vidcom2", {}),
+    ("qwen3_5_moe", "visionzip", {}),
 ]
-# Qwen3-VL-MoE and Qwen3.5 share Qwen3-VL's seams (same class methods and module functions) but
-# are not run yet: tiny checkpoints of them did not start on vLLM's CPU build (not diagnosed).
+# Qwen3.5 is hybrid (gated delta-net layers): with prefix caching on, vLLM prefills a prompt in
+# block-sized chunks, and vLLM 0.32 misplaces the positions of pruned video rows that fall into a
+# later chunk (docs/vllm.md, defect 5; not worked around). Off here, so that the prompts are
+# prefilled whole, as they are for the other families; a split prompt fails the position check.
+ENGINE = {"qwen3_5": {"enable_prefix_caching": False}, "qwen3_5_moe": {"enable_prefix_caching": False}}
 
 
 def _video_token_id(model_dir):
@@ -44,7 +52,7 @@ def _video_token_id(model_dir):
 def test_vllm_keeps_what_select_keeps(family, method, env, checkpoints, tmp_path):
     model = checkpoints(family)
     env = dict(env, COMPRESSOR=method, R_RATIO=str(RATIO))
-    proc, results, captures = run_engine(model, env, PROMPTS, str(tmp_path))
+    proc, results, captures = run_engine(model, env, PROMPTS, str(tmp_path), ENGINE.get(family))
     assert proc.returncode == 0, proc.stdout[-4000:]
     options = dict(from_env(env).options)
     videos = {c["grid"][0]: c for c in captures if c["file"].startswith("video")}
@@ -79,6 +87,9 @@ def test_vllm_keeps_what_select_keeps(family, method, env, checkpoints, tmp_path
 
         # the positions: vLLM's, after its recomputation, vs transformers' on the uncompressed
         # prompt at the kept tokens (and every token before the video)
+        chunks = [p for p in captures if p["file"].startswith("positions") and torch.equal(p["input_ids"], ids)
+                  and 0 < p["num_computed_tokens"] < ids.numel() and p["media_positions"]]
+        assert not chunks, "the prompt was prefilled in chunks (see ENGINE)"
         (cap_pos,) = [p for p in positions if torch.equal(p["input_ids"], ids)]
         vllm_pos = cap_pos["positions"][:, :ids.numel()]  # the buffer also holds the generated tokens'
         first = int((ids == video_id).nonzero()[0])

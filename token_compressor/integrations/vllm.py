@@ -20,10 +20,11 @@ shipped. With `COMPRESSOR` set it:
    side, where the kept embeddings are produced) runs `select` on each video's embeddings, writes a
    merging method's rows over the kept rows, and hands vLLM our keep mask through the module's
    retention-mask function;
-4. works around two vLLM 0.32 defects that would otherwise break every compressed request:
-   the CPU model runner never turns pruning on in the worker (`_fix_cpu_runner`), and Qwen3-VL's
+4. works around three vLLM 0.32 defects that would otherwise break every compressed request:
+   the CPU model runner never turns pruning on in the worker (`_fix_cpu_runner`), Qwen3-VL's
    position recomputation takes the prompt's outer `<|vision_start|>` (which transformers >= 5.10
-   keeps around the expanded video) for the video's start (`_without_outer_vision_starts`).
+   keeps around the expanded video) for the video's start (`_without_outer_vision_starts`), and
+   Qwen3.5's models never set the pruning method Qwen3-VL's code reads (`_fix_qwen3_5_init`).
 
 Supported: vLLM `support.VLLM_RANGE` (0.32-0.34 share these seams), architectures in
 `ARCHITECTURES`. vLLM's Qwen2-VL has no video pruning seam at all: refused with a clear error.
@@ -162,8 +163,9 @@ def install(plan: Plan) -> None:
 
 
 def install_fixes(capture: Optional[Plan] = None) -> None:
-    """The workarounds of vLLM 0.32's two defects (section 4); `capture`: also record positions."""
+    """The workarounds of vLLM 0.32's defects (section 4); `capture`: also record positions."""
     _fix_cpu_runner()
+    _fix_qwen3_5_init()
     for module in _model_modules():
         for cls in _pruning_models(module):
             if getattr(cls.recompute_mrope_positions, "_token_compressor", False):
@@ -331,6 +333,35 @@ def _fix_cpu_runner() -> None:
     CPUModelRunner.load_model = load_model
 
 
+def _fix_qwen3_5_init() -> None:
+    """vLLM 0.32's `Qwen3_5ForConditionalGeneration` and `Qwen3_5MoeForConditionalGeneration`
+    declare `supports_multimodal_pruning = True` and inherit Qwen3-VL's pruning code, but their own
+    `__init__` (which does not call Qwen3-VL's) sets only the pruning rate, not
+    `video_pruning_method`, which that code reads: the first video request with pruning on fails
+    ("'Qwen3_5ForConditionalGeneration' object has no attribute 'video_pruning_method'"). After
+    their `__init__`, run Qwen3-VL's own `_init_video_pruning` where the attribute is missing."""
+    try:
+        from vllm.model_executor.models import qwen3_5
+    except ImportError:  # a vLLM without Qwen3.5
+        return
+    for name in ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration"):
+        cls = getattr(qwen3_5, name, None)
+        if cls is None or "__init__" not in vars(cls) or not hasattr(cls, "_init_video_pruning"):
+            continue
+        original = cls.__init__
+        if getattr(original, "_token_compressor", False):
+            continue
+
+        def __init__(self, *args, _original=original, **kwargs):
+            _original(self, *args, **kwargs)
+            if not hasattr(self, "video_pruning_method"):
+                self._init_video_pruning(self.multimodal_config)
+
+        functools.update_wrapper(__init__, original)
+        __init__._token_compressor = True
+        cls.__init__ = __init__
+
+
 def outer_vision_starts(input_ids: torch.Tensor, vision_start: int, vision_end: int, media: Tuple[int, ...]) -> torch.Tensor:
     """bool `[L]`: the `<|vision_start|>` tokens whose next vision token (start, end or media pad)
     is another `<|vision_start|>`: the outer marker transformers >= 5.10 keeps around a Qwen3-VL
@@ -346,6 +377,27 @@ def outer_vision_starts(input_ids: torch.Tensor, vision_start: int, vision_end: 
         both = (kinds[:-1] == vision_start) & (kinds[1:] == vision_start)
         outer[where[:-1][both]] = True
     return outer
+
+
+_SPLIT_VIDEOS = {"count": 0}
+
+
+def video_rows_left_unpositioned(input_ids: torch.Tensor, multimodal_embeddings, num_computed_tokens: int,
+                                 media: Tuple[int, ...]) -> bool:
+    """True when vLLM 0.32's Qwen3-VL position recomputation will skip rows it is given: a later
+    prefill chunk (`num_computed_tokens > 0`) carries media rows (`[n, D + 5]` embeddings) while
+    every media placeholder id lies before the chunk.
+    vLLM sizes a pruned video's placeholder as all K tokens in the first frame's group, then
+    fills the whole replacement (every frame's timestamp, start, rows, end) with embeddings; its
+    recomputation counts placeholder ids to tell whether media is left, finds none, and returns
+    the positions unchanged (`evs.recompute_mrope_positions`, the early exit)."""
+    if num_computed_tokens <= 0 or not any(m.shape[0] for m in multimodal_embeddings):
+        return False
+    ids = input_ids.reshape(-1)
+    placeholder = torch.zeros_like(ids, dtype=torch.bool)
+    for m in media:
+        placeholder |= ids == m
+    return int(placeholder[:num_computed_tokens].sum()) == int(placeholder.sum())
 
 
 def _without_outer_vision_starts(original):
@@ -366,6 +418,13 @@ def _without_outer_vision_starts(original):
             hidden = ids.clone().reshape(-1)
             hidden[outer] = -1
             input_ids = hidden if isinstance(input_ids, torch.Tensor) else hidden.tolist()
+        if video_rows_left_unpositioned(ids, multimodal_embeddings, num_computed_tokens,
+                                        (cfg.image_token_id, cfg.video_token_id)):
+            _SPLIT_VIDEOS["count"] += 1
+            logger.warning("token_compressor: a pruned video was split between prefill chunks; vLLM 0.32 leaves "
+                           "the M-RoPE positions of its rows in the later chunk unchanged (%d so far in this "
+                           "process; see docs/vllm.md, defect 5: --no-enable-prefix-caching for Qwen3.5, a "
+                           "max_num_batched_tokens above the longest prompt)", _SPLIT_VIDEOS["count"])
         return original(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens)
 
     recompute._token_compressor = True
