@@ -4,7 +4,7 @@ carry over to their machine.
     machine: AMD EPYC (family 25 model 17; AVX-512, AVX512-BF16), 2 cores, torch 2 threads, read 77.0 GB/s (256 MiB fp32 sum);
              load 1.06/1.19/1.55 before, 1.40/1.22/1.54 after; torch 2.14.1, transformers 5.25.0
 
-The read bandwidth is measured once per process (median of 7 `sum`s of a buffer far larger than
+The read bandwidth is measured once per process (best of 7 `sum`s of a buffer far larger than
 any cache, with torch's current threads); on CUDA the line names the GPU instead of measuring.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import statistics
-import time
 from typing import Optional, Tuple
 
 import torch
+
+from ..kernels.machine import measure_read_bandwidth
 
 READ_BYTES = 2**28  # 256 MiB: far beyond any CPU cache
 
@@ -65,22 +65,16 @@ def load_average() -> Optional[Tuple[float, float, float]]:
 
 
 def read_bandwidth(nbytes: int = READ_BYTES, repeats: int = 7) -> float:
-    """Measured CPU read bandwidth, bytes/s: median time of `sum` over an fp32 buffer of `nbytes`
-    (one warm-up first), at torch's current thread count. Measured once per process, size, repeats
-    and thread count (every table of one run compares with the same number)."""
+    """Measured CPU read bandwidth, bytes/s (`kernels.machine.measure_read_bandwidth`: the best of
+    `repeats` `sum`s over an fp32 buffer of `nbytes`, one warm-up first), at torch's current thread
+    count. Measured once per process, size, repeats and thread count (every table of one run
+    compares with the same number)."""
     return _read_bandwidth(nbytes, repeats, torch.get_num_threads())
 
 
 @functools.lru_cache(maxsize=None)
 def _read_bandwidth(nbytes: int, repeats: int, threads: int) -> float:
-    src = torch.ones(nbytes // 4, dtype=torch.float32)
-    src.sum()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        src.sum()
-        times.append(time.perf_counter() - t0)
-    return src.numel() * 4 / statistics.median(times)
+    return measure_read_bandwidth(nbytes, repeats, threads=threads)
 
 
 def versions() -> dict:
