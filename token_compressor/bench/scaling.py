@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import authors as authors_mod
+from ..kernels.machine import status_kib
 from .machine import Measured
 from .timing import fmt_spread, spread
 
@@ -67,17 +67,6 @@ def video(T: int, N: int, D: int, dtype=torch.bfloat16, seed: int = 0, block: in
     return out
 
 
-def _status_kib(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def trim_heap() -> None:
     """Hand the C heap's free memory back to the system (glibc `malloc_trim`), so that memory the
     warm-up freed is not counted as resident before the timed calls; a no-op elsewhere."""
@@ -96,7 +85,7 @@ def reset_peak() -> bool:
             f.write("5")
     except OSError:
         return False
-    return _status_kib("VmHWM") is not None
+    return status_kib("VmHWM") is not None
 
 
 def _cell_fn(method: str, peer: str, authors_repo: Optional[str]):
@@ -117,7 +106,7 @@ def measure_cell(method: str, T: int, N: int, D: int, dtype=torch.bfloat16, rati
     gc.collect()
     trim_heap()
     can_reset = reset_peak()
-    base_kib = _status_kib("VmRSS")
+    base_kib = status_kib("VmRSS")
     times = []
     peak_kib = None
     for i in range(repeats):
@@ -126,7 +115,7 @@ def measure_cell(method: str, T: int, N: int, D: int, dtype=torch.bfloat16, rati
         times.append((time.perf_counter() - t0) * 1e3)
         del out
         if i == 0 and can_reset:  # the first call's peak; later calls may reuse cached memory
-            peak_kib = _status_kib("VmHWM")
+            peak_kib = status_kib("VmHWM")
     input_bytes = x.numel() * x.element_size()
     above = None if peak_kib is None or base_kib is None else max(0, peak_kib - base_kib) * 1024
     return {"method": method, "peer": peer, "T": T, "N": N, "D": D, "dtype": str(dtype).replace("torch.", ""),

@@ -101,12 +101,17 @@ def measure_read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5, threads: Opt
         torch.set_num_threads(before)
 
 
-def _status_kib(field: str) -> int:
-    """A `VmRSS`/`VmHWM`-style field of /proc/self/status, in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
+def status_kib(field: str) -> Optional[int]:
+    """A `VmRSS`/`VmHWM`-style field of /proc/self/status, in KiB; None where it cannot be read
+    (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def _peak_child(method: str, T: int, N: int, D: int, dtype: str, ratio: float, seed: int) -> dict:
@@ -129,9 +134,11 @@ def _peak_child(method: str, T: int, N: int, D: int, dtype: str, ratio: float, s
     # are resident memory too, but not memory the selection allocates
     select(x, T, ratio, method=method)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     sel = select(x, T, ratio, method=method)
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
+    if base is None or peak is None:
+        raise OSError("/proc/self/status has no VmRSS/VmHWM: peak memory needs Linux")
     return {"input_bytes": x.numel() * x.element_size(), "peak_above_input_bytes": (peak - base) * 1024,
             "kept": sel.num_kept}
 
