@@ -41,6 +41,10 @@ def _out_of_tree():
 INSTALL_REQUIRES = [
     "torch" + _support_floor("TORCH_RANGE"),
     "numpy>=2.0",
+    # the compiled CPU scoring passes (token_compressor/kernels/cpu_scores.py); 0.60 is the first
+    # numba that supports numpy 2.0. Without a working numba, CPU scoring falls back to the torch
+    # path (same selections, slower), with a warning.
+    "numba>=0.60",
     "transformers" + _support_floor("TRANSFORMERS_RANGE"),
     # 24.2: setuptools >= 77, which builds this project (pyproject.toml's SPDX `license`), needs
     # packaging.licenses from it; the oldest environment installs the project with its own packaging

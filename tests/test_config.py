@@ -32,7 +32,7 @@ def test_config_is_immutable():
         ({"R_RATIO": "nan"}, r"R_RATIO='nan' is out of range"),
         ({"R_RATIO": "-0.2"}, r"R_RATIO='-0.2' is out of range"),
         ({"COMPRESSOR": "vidcom3"}, r"COMPRESSOR='vidcom3' is not a known compressor; expected one of: .*vidcom2"),
-        ({"TOKEN_COMPRESSOR_KERNELS": "cuda"}, r"TOKEN_COMPRESSOR_KERNELS='cuda' is not a kernel backend; expected one of: auto, triton, torch"),
+        ({"TOKEN_COMPRESSOR_KERNELS": "cuda"}, r"TOKEN_COMPRESSOR_KERNELS='cuda' is not a kernel backend; expected one of: auto, triton, numba, torch"),
     ],
 )
 def test_errors_name_variable_value_and_accepted(env, message):

@@ -53,9 +53,11 @@ def no_triton_env(monkeypatch):
     monkeypatch.delenv("TOKEN_COMPRESSOR_KERNELS", raising=False)
 
 
-def test_auto_is_torch_on_cpu_and_triton_on_cuda(no_triton_env):
-    assert kernels.resolve_backend(CPU_FEATURES) == "torch"
-    assert kernels.resolve_backend(CPU_FEATURES, "auto") == "torch"
+def test_auto_is_numba_on_cpu_and_triton_on_cuda(no_triton_env):
+    # CPU_FEATURES is fp32: the compiled CPU passes (tests/test_kernels_cpu.py for the dtypes)
+    assert kernels.resolve_backend(CPU_FEATURES) == "numba"
+    assert kernels.resolve_backend(CPU_FEATURES, "auto") == "numba"
+    assert kernels.resolve_backend(CPU_FEATURES, "torch") == "torch"
     assert kernels.resolve_backend(CUDA_LIKE) == "triton"
     assert kernels.resolve_backend(CUDA_LIKE, "torch") == "torch"
     assert kernels.resolve_backend(CUDA_LIKE, "triton") == "triton"
@@ -90,7 +92,7 @@ def test_triton_missing(no_triton_env, monkeypatch):
 
 
 def test_unknown_backend_names_the_source(no_triton_env, monkeypatch):
-    with pytest.raises(ConfigError, match=r"backend='cuda' is not a kernel backend; expected one of: auto, triton, torch"):
+    with pytest.raises(ConfigError, match=r"backend='cuda' is not a kernel backend; expected one of: auto, triton, numba, torch"):
         kernels.resolve_backend(CPU_FEATURES, "cuda")
     monkeypatch.setenv("TOKEN_COMPRESSOR_KERNELS", "fast")
     with pytest.raises(ConfigError, match=r"TOKEN_COMPRESSOR_KERNELS='fast' is not a kernel backend"):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
 DEFAULT_RATIO = 0.25
-KERNEL_BACKENDS = ("auto", "triton", "torch")
+KERNEL_BACKENDS = ("auto", "triton", "numba", "torch")
 
 
 class ConfigError(ValueError):
@@ -88,8 +88,8 @@ def parse_kernels(value: Optional[str], source: str = "TOKEN_COMPRESSOR_KERNELS"
 
 
 def kernel_backend_from_env(environ: Optional[Mapping[str, str]] = None) -> str:
-    """The scoring backend asked for by `TOKEN_COMPRESSOR_KERNELS`: `auto` (default), `triton`
-    or `torch`. Read on every call, so the kernel dispatch follows the current environment."""
+    """The scoring backend asked for by `TOKEN_COMPRESSOR_KERNELS`: `auto` (default), `triton`,
+    `numba` or `torch`. Read on every call, so the kernel dispatch follows the current environment."""
     env = os.environ if environ is None else environ
     return parse_kernels(env.get("TOKEN_COMPRESSOR_KERNELS"))
 

@@ -9,8 +9,9 @@ with one thread at 256 rows; one thread was also 2.5-5x faster than two at every
 size. On a quiet machine two threads were at best ~15 % faster (33 vs 39 ms, an earlier
 recording). So a CPU selection runs on one thread, whatever torch's global setting, and puts the
 setting back afterwards; the model around it keeps its threads. GPU selections are unaffected.
-The one exception is a few large matrix products (one barrier each, not hundreds), which run on
-the caller's setting again (`caller_threads`).
+The exceptions are a few large matrix products (one barrier each, not hundreds), which run on
+the caller's setting again (`caller_threads`), and the compiled CPU passes (`cpu_scores.py`: three
+parallel sections per video), which run on the caller's count (`kernel_threads`).
 """
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ def selection_threads(device: torch.device):
     finally:
         _CALLER_THREADS = outer
         torch.set_num_threads(before)
+
+
+def kernel_threads() -> int:
+    """Threads for the compiled CPU passes (`cpu_scores.py`): the caller's torch setting, also
+    inside `selection_threads`. They make three parallel sections per video, not hundreds of
+    small operations, so the barrier cost above does not arise."""
+    return _CALLER_THREADS if _CALLER_THREADS is not None else torch.get_num_threads()
 
 
 @contextmanager

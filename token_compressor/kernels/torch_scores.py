@@ -104,6 +104,12 @@ class _Blocks:
             yield s, e, block, self.scratch[: e - s]
 
 
+def variance_shift(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """fp32 `[D]`: the mean of the first SHIFT_ROWS rows of `x * scale` (`channel_variance`)."""
+    first = x[:SHIFT_ROWS].float()  # fp32 input: a view, not to be written
+    return (first * scale if scale != 1.0 else first).mean(dim=0)
+
+
 def channel_variance(x: torch.Tensor, block_rows: Optional[int] = None, scale: float = 1.0,
                      vouch: bool = False) -> torch.Tensor:
     """Population variance of every channel of `x * scale` [M, D] -> fp32 [D] (inf where the
@@ -121,8 +127,7 @@ def channel_variance(x: torch.Tensor, block_rows: Optional[int] = None, scale: f
     `max|m0| <= max|x| <= max(|m0| + sqrt(Σ y²))`, `max|x| >= sqrt(Σ y² / 4M)` per channel."""
     M, D = x.shape
     rows = max(1, min(block_rows if block_rows is not None else _rows_per_block(D), M))
-    first = x[:SHIFT_ROWS].float()  # fp32 input: a view, not to be written
-    shift = (first * scale if scale != 1.0 else first).mean(dim=0)
+    shift = variance_shift(x, scale)
     upcast = _Upcast(x, rows, scale)
     scratch = torch.empty(rows, D, dtype=torch.float32, device=x.device) if upcast.buf is None else None
     ones = torch.ones(rows, dtype=torch.float32, device=x.device)
@@ -137,13 +142,25 @@ def channel_variance(x: torch.Tensor, block_rows: Optional[int] = None, scale: f
         sum_y.addmv_(y.t(), ones[: e - s])
         sum_y2.addmv_(y.mul_(y).t(), ones[: e - s])
     if vouch:
-        finite = bool(torch.isfinite(sum_y).all() & torch.isfinite(sum_y2).all())
-        abs_shift = shift.abs()
-        root = sum_y2.sqrt()
-        lower = max(float(abs_shift.max()), float(root.max()) / (2.0 * M ** 0.5))
-        vouch_for_input(finite, lower, float((abs_shift + root).max()))
+        vouch_from_variance_sums(sum_y, sum_y2, shift, M)
+    return variance_from_sums(sum_y, sum_y2, M)
+
+
+def variance_from_sums(sum_y: torch.Tensor, sum_y2: torch.Tensor, M: int) -> torch.Tensor:
+    """`E[y²] - E[y]²` (clamped at 0) from `Σ y`, `Σ y²` over `M` rows, fp32 `[D]`."""
     mean_y = sum_y / M
     return (sum_y2 / M - mean_y * mean_y).clamp_min_(0.0)
+
+
+def vouch_from_variance_sums(sum_y: torch.Tensor, sum_y2: torch.Tensor, shift: torch.Tensor, M: int) -> None:
+    """`ranges.vouch_for_input` from the variance pass over the unscaled input (`M` rows, y =
+    x - shift): NaN or inf anywhere makes the sums non-finite, and `max|shift| <= max|x| <=
+    max(|shift| + sqrt(Σ y²))`, `max|x| >= sqrt(Σ y² / 4M)` per channel."""
+    finite = bool(torch.isfinite(sum_y).all() & torch.isfinite(sum_y2).all())
+    abs_shift = shift.abs()
+    root = sum_y2.sqrt()
+    lower = max(float(abs_shift.max()), float(root.max()) / (2.0 * M ** 0.5))
+    vouch_for_input(finite, lower, float((abs_shift + root).max()))
 
 
 def kept_channels(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -153,6 +170,28 @@ def kept_channels(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 
 def _kept_channels(var: torch.Tensor) -> torch.Tensor:
     return torch.topk(var, int(var.shape[0] * 0.5), largest=False).indices
+
+
+def kept_channel_weights(var: torch.Tensor) -> torch.Tensor:
+    """fp32 `[D]`: 1 on the kept (lowest-variance) channels, 0 elsewhere (weights instead of a
+    `[T*N, D/2]` gather)."""
+    w = torch.zeros_like(var)
+    w[_kept_channels(var)] = 1.0
+    return w
+
+
+def frame_centres(sq: torch.Tensor, inv: torch.Tensor, centre_sums: torch.Tensor, w: torch.Tensor, T: int, N: int):
+    """From the centre pass's kept-channel squared norms `sq` `[T*N]`, inverse norms `inv`
+    `[T*N]` and per-frame sums `centre_sums` `[T, D]` of `x_i * inv_i` (every channel, consumed):
+    `(unit_sq [T, N], g_t [T, D], g [D], |g_t|² [T])`, or None when a squared norm overflowed."""
+    unit_sq = (sq * inv * inv).view(T, N)  # |x̂|², 1 except ~zero rows
+    # an overflowed (inf) or inf * 0 (NaN, a dropped channel) squared norm makes |x̂|² NaN
+    if not bool(torch.isfinite(unit_sq).all()):
+        return None
+    # frame centres g_t = (1/N) Σ_i x_i / max(|x_i|, eps) on the kept channels, and the video's
+    g_t = centre_sums.mul_(w).div_(N)  # [T, D]
+    g = g_t.sum(0).mul_(N).div_(T * N)
+    return unit_sq, g_t, g, (g_t * g_t).sum(1)
 
 
 def gaussian_kernel_sum(d2: torch.Tensor) -> torch.Tensor:
@@ -211,9 +250,7 @@ def _scores(x: torch.Tensor, T: int, N: int, scale: float) -> Optional[Tuple[tor
     var = channel_variance(x, block_rows=rows, scale=scale, vouch=scale == 1.0)
     if not bool(torch.isfinite(var).all()):
         return None
-    # Channel weights: 1 on the kept channels, 0 elsewhere (avoids a [T*N, D/2] gather).
-    w = torch.zeros(D, dtype=torch.float32, device=dev)
-    w[_kept_channels(var)] = 1.0
+    w = kept_channel_weights(var)
 
     f32 = dict(dtype=torch.float32, device=dev)
     sq = torch.empty(T * N, **f32)  # kept-channel squared norms
@@ -230,14 +267,10 @@ def _scores(x: torch.Tensor, T: int, N: int, scale: float) -> Optional[Tuple[tor
             centre_sums[f0].addmv_(xb.t(), inv[s:e])
         else:
             centre_sums[f0:f1].unsqueeze(1).baddbmm_(inv[s:e].view(f1 - f0, 1, N), xb.view(f1 - f0, N, D))
-    unit_sq = (sq * inv * inv).view(T, N)  # |x̂|², 1 except ~zero rows
-    # an overflowed (inf) or inf * 0 (NaN, a dropped channel) squared norm makes |x̂|² NaN
-    if not bool(torch.isfinite(unit_sq).all()):
+    centres = frame_centres(sq, inv, centre_sums, w, T, N)
+    if centres is None:
         return None
-    # frame centres g_t = (1/N) Σ_i x_i / max(|x_i|, eps) on the kept channels, and the video's
-    g_t = centre_sums.mul_(w).div_(N)  # [T, D]
-    g = g_t.sum(0).mul_(N).div_(T * N)
-    frame_centre_sq = (g_t * g_t).sum(1)
+    unit_sq, g_t, g, frame_centre_sq = centres
 
     dot_v = torch.empty(T * N, **f32)
     dot_f = torch.empty(T * N, **f32)
