@@ -383,7 +383,7 @@ def sec_kernels(run: Run, res: dict) -> None:
                       device=run.device, peak=peak)
     res.update(out)
     for r in out["rows"]:
-        path = "triton" if "triton_of_peak" in r else "torch"
+        path = next(p for p in ("triton", "numba", "torch") if f"{p}_of_peak" in r)
         run.target(f"kernels T={r['T']}: {path} fraction of the bandwidth bound", r.get(f"{path}_of_peak"),
                    TRITON_OF_BOUND, True, "kernels")
         run.target(f"kernels T={r['T']}: selection ({path}) speed-up over the straightforward formulation",

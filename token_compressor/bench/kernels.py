@@ -1,11 +1,16 @@
-"""Scoring-kernel benchmark: the Triton path, the torch path and the per-frame-loop formulation.
+"""Scoring-kernel benchmark: the Triton path, the compiled CPU path, the torch path and the
+per-frame-loop formulation; and EVS's one-pass dissimilarities.
 
 Each path computes one video's VidCom² keep mask from bf16 features `[T, N, D]`:
   - `triton`: `vidcom2(..., backend="triton")` (CUDA only): three Triton passes + vectorised top-k
+  - `numba`: `vidcom2(..., backend="numba")` (CPU; `auto`'s choice there): three compiled passes on
+    the caller's thread count + the same top-k, under `select`'s thread policy (`kernels/threads.py`)
   - `torch`: `vidcom2(..., backend="torch")`: the blocked torch path + the same top-k, on one
-    CPU thread as `select` runs it (`kernels/threads.py`)
+    CPU thread as `select` runs it
   - `loop`: `compressors.reference.vidcom2_reference` in bf16, the authors' formulation
     (materialised gather, normalised features, difference tensors, a top-k loop over frames)
+  - `evs`: `kernels.evs_scores.evs_dissimilarity_torch` (EVS's scores, one pass over the input),
+    under the same thread policy
 Shuffled interleaved rounds (`token_compressor/bench/timing.py`: a warm-up outside the rounds, each
 round in a fresh random order), the median of `--repeats` rounds with the min-max: on CUDA timed
 with CUDA events, each round rotating over enough copies of the input (>= 512 MiB in all) that no
@@ -13,8 +18,8 @@ call is served from L2; elsewhere by the host clock.
 
 Bandwidth. The scores need three dependent passes over the input (channel variances -> kept
 channels -> row norms and frame centres -> dots with the centres), so the memory-bound time is
-`3 * T*N*D*2 bytes / peak`. `GB/s` below is `3 * input bytes / time` and `of peak` its ratio to the
-device's peak: 1.0 would be the bandwidth bound, 0.5 is "within 2x". Peak: a table by device name
+`3 * T*N*D*2 bytes / peak`. `GB/s` below is `3 * input bytes / time` (EVS: `1 *`) and `of peak` its
+ratio to the device's peak: 1.0 would be the bandwidth bound, 0.5 is "within 2x". Peak: a table by device name
 on CUDA (HBM peak from the vendor's datasheet), else the read bandwidth the machine line measures
 (`machine.read_bandwidth`: a 256 MiB fp32 `sum` at torch's thread count), reported with the device.
 
@@ -30,7 +35,8 @@ import torch
 
 from token_compressor.compressors.reference import vidcom2_reference
 from token_compressor.compressors.vidcom2 import vidcom2
-from token_compressor.kernels import resolve_backend
+from token_compressor.kernels import numba_import_error, resolve_backend
+from token_compressor.kernels.evs_scores import evs_dissimilarity_torch
 from token_compressor.kernels.threads import selection_threads
 
 from .machine import Measured, read_bandwidth
@@ -38,6 +44,8 @@ from .select_bench import synthetic_video
 from .timing import device_median_ms, device_times, fmt_spread, spread
 
 PASSES = 3
+# passes over the input per path (the loop formulation is not a bandwidth path)
+PATH_PASSES = {"triton": PASSES, "numba": PASSES, "torch": PASSES, "evs": 1}
 # Datasheet HBM bandwidth, bytes/s, matched by substring of torch.cuda.get_device_name().
 # Order matters: the more specific names first.
 PEAK_BANDWIDTH = (
@@ -106,19 +114,31 @@ def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, r
     for T in frames:
         x = synthetic_video(T, N, D).to(torch.bfloat16).to(device).view(T, N, D)
         use_triton = triton_runs(x)
+        use_numba = device.type == "cpu" and numba_import_error() is None
         fns = {}
         if use_triton:
             fns["triton"] = lambda v: vidcom2(v, ratio, backend="triton")
 
-        def torch_path(v):
-            with selection_threads(v.device):  # the thread policy `select` applies
-                return vidcom2(v, ratio, backend="torch")
+        def on_select_threads(backend):
+            def path(v):
+                with selection_threads(v.device):  # the thread policy `select` applies
+                    return vidcom2(v, ratio, backend=backend)
+            return path
 
-        fns["torch"] = torch_path
+        if use_numba:
+            fns["numba"] = on_select_threads("numba")
+        fns["torch"] = on_select_threads("torch")
         fns["loop"] = lambda v: vidcom2_reference(v, ratio, compute_dtype=torch.bfloat16)
+
+        def evs_path(v):
+            with selection_threads(v.device):
+                return evs_dissimilarity_torch(v)
+
+        fns["evs"] = evs_path
         row = {"T": T, "N": N, "D": D, "dtype": "bfloat16", "input_MB": round(x.numel() * 2 / 1e6, 1)}
-        if use_triton:  # both fp32 scorers must choose the same tokens on this input
-            row["triton_selects_as_torch"] = bool(torch.equal(fns["triton"](x), fns["torch"](x)))
+        for path in ("triton", "numba"):  # every fp32 scorer must choose the same tokens on this input
+            if path in fns:
+                row[f"{path}_selects_as_torch"] = bool(torch.equal(fns[path](x), fns["torch"](x)))
         if device.type == "cuda":
             copies = max(1, -(-rotate_bytes // (x.numel() * 2)))
             xs = [x] + [x.clone() for _ in range(copies - 1)]
@@ -135,12 +155,13 @@ def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, r
         row["timing"] = timing
         for path, ms in times.items():
             row[f"{path}_ms"] = round(ms, 4)
-        for path in ("triton", "torch"):
+        for path in ("triton", "numba", "torch", "evs"):
             if path in times:
-                bw = PASSES * x.numel() * 2 / (times[path] / 1e3)
+                bw = PATH_PASSES[path] * x.numel() * 2 / (times[path] / 1e3)
                 row[f"{path}_GBps"] = round(bw / 1e9, 1)
                 row[f"{path}_of_peak"] = round(bw / peak, 3)
-                row[f"loop_over_{path}"] = round(times["loop"] / times[path], 1)
+                if path != "evs":
+                    row[f"loop_over_{path}"] = round(times["loop"] / times[path], 1)
         rows.append(row)
     return {"device": name, "peak_GBps": round(peak / 1e9, 1), "peak_source": how,
             "torch": torch.__version__, "rows": rows}
@@ -152,21 +173,23 @@ def print_table(result: dict, measured: Measured = None) -> None:
     print(f"timing: {result['rows'][0]['timing']}; ms = median, spread in the last columns")
     if measured is not None:
         print(measured.line())
-    print(f"GB/s = {PASSES} passes x input bytes / time; 'of peak' = GB/s / peak (1.0 = bandwidth bound)")
-    paths = [p for p in ("triton", "torch") if f"{p}_ms" in result["rows"][0]]
+    print(f"GB/s = {PASSES} passes x input bytes / time (evs: 1 pass); 'of peak' = GB/s / peak "
+          f"(1.0 = bandwidth bound); evs = EVS's dissimilarities, one pass")
+    paths = [p for p in ("triton", "numba", "torch") if f"{p}_ms" in result["rows"][0]]
     head = f"{'T':>4}{'input MB':>10}"
-    for p in paths:
+    for p in paths + ["evs"]:
         head += f"{p + ' ms':>12}{'GB/s':>8}{'of peak':>9}"
     head += f"{'loop ms':>10}" + "".join(f"{'loop/' + p:>13}" for p in paths)
     print(head)
     for r in result["rows"]:
         line = f"{r['T']:>4}{r['input_MB']:>10}"
-        for p in paths:
+        for p in paths + ["evs"]:
             line += f"{r[p + '_ms']:>12.3f}{r[p + '_GBps']:>8.1f}{r[p + '_of_peak']:>9.3f}"
         line += f"{r['loop_ms']:>10.2f}" + "".join(f"{r['loop_over_' + p]:>12.1f}x" for p in paths)
-        line += "  " + "  ".join(f"{p} {fmt_spread(r[p + '_spread_ms'], 2)}" for p in paths + ["loop"])
-        if "triton_selects_as_torch" in r:
-            line += f"  same selection: {r['triton_selects_as_torch']}"
+        line += "  " + "  ".join(f"{p} {fmt_spread(r[p + '_spread_ms'], 2)}" for p in paths + ["evs", "loop"])
+        same = [f"{p} {r[p + '_selects_as_torch']}" for p in ("triton", "numba") if p + "_selects_as_torch" in r]
+        if same:
+            line += "  same selection as torch: " + ", ".join(same)
         print(line)
 
 
@@ -193,8 +216,9 @@ def main(argv=None) -> None:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
-    if not all(r.get("triton_selects_as_torch", True) for r in result["rows"]):
-        raise SystemExit("the Triton and torch paths selected different tokens")
+    for path in ("triton", "numba"):
+        if not all(r.get(f"{path}_selects_as_torch", True) for r in result["rows"]):
+            raise SystemExit(f"the {path} and torch paths selected different tokens")
 
 
 if __name__ == "__main__":
