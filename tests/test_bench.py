@@ -226,7 +226,7 @@ def test_kernels_bench_main_runs_on_cpu(tmp_path, capsys):
         assert r["torch_ms"] == r["torch_spread_ms"]["median"] > 0 and "shuffled" in r["timing"]
         # the compiled CPU path is timed beside it and must select the same tokens; EVS's one pass too
         assert r["numba_ms"] == r["numba_spread_ms"]["median"] > 0 and r["numba_selects_as_torch"] is True
-        assert r["evs_ms"] > 0 and r["evs_GBps"] > 0 and "loop_over_evs" not in r
+        assert r["evs_ms"] > 0 and r["evs_GBps"] >= 0 and "loop_over_evs" not in r  # 0.0 GB/s at toy sizes
     assert MACHINE_LINE.search(capsys.readouterr().out)
 
 

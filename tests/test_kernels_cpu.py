@@ -209,3 +209,117 @@ def test_without_numba_auto_warns_once_and_scores_on_torch(monkeypatch):
         kernels.resolve_backend(x, "numba")
     ref = tc.select(x.view(-1, 32), 4, 0.5, backend="torch")
     assert torch.equal(tc.select(x.view(-1, 32), 4, 0.5).keep, ref.keep)
+
+
+# -- EVS: one compiled pass screens, the torch path settles the tokens near the cut --------------
+
+from token_compressor.compressors.baselines import evs_retained_count  # noqa: E402
+from token_compressor.compressors.reference import evs_reference  # noqa: E402
+from token_compressor.kernels import evs_scores  # noqa: E402
+from token_compressor.kernels.evs_scores import evs_dissimilarity_rows, evs_dissimilarity_torch  # noqa: E402
+
+
+def near_ties(T=6, N=200, D=512, seed=0, dtype=torch.float32):
+    """Consecutive frames whose tokens differ by a perturbation of one fixed norm orthogonal to
+    the token, in three groups: a third far from the previous frame, a third close, and a third
+    at one middle distance, whose dissimilarities agree to a few fp32 ulps: the cut at r = 0.5
+    falls inside that cluster, where only exact values can order the tokens."""
+    g = torch.Generator().manual_seed(seed)
+    frames = [torch.randn(N, D, generator=g)]
+    size = torch.tensor([2.0, 0.05, 0.4]).repeat_interleave(-(-N // 3))[:N]
+    for _ in range(T - 1):
+        prev = frames[-1]
+        e = torch.randn(N, D, generator=g)
+        e -= (e * prev).sum(1, keepdim=True) / (prev * prev).sum(1, keepdim=True) * prev  # orthogonal
+        e *= (size * prev.norm(dim=1) / e.norm(dim=1)).unsqueeze(1)
+        frames.append(prev + e)
+    return torch.stack(frames).to(dtype)
+
+
+EVS_INPUTS = [
+    ("planted", lambda: planted(8, 256, 3584, dtype=torch.bfloat16)),
+    ("near ties", lambda: near_ties()),
+    ("near ties bf16", lambda: near_ties(dtype=torch.bfloat16, seed=1)),
+    ("odd shape", lambda: planted(5, 67, 33, seed=3)),
+]
+
+
+@pytest.mark.parametrize("name,make", EVS_INPUTS, ids=[n for n, _ in EVS_INPUTS])
+def test_evs_rows_are_the_torch_paths_bitwise(name, make):
+    x = make()
+    T, N, D = x.shape
+    flat = torch.arange(N, T * N)
+    assert torch.equal(evs_dissimilarity_rows(x, flat), evs_dissimilarity_torch(x).view(-1)[N:])
+    picked = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:37]]
+    assert torch.equal(evs_dissimilarity_rows(x, picked), evs_dissimilarity_torch(x).view(-1)[picked])
+
+
+@pytest.mark.parametrize("name,make", EVS_INPUTS, ids=[n for n, _ in EVS_INPUTS])
+def test_evs_screen_lies_within_its_band(name, make):
+    x = make()
+    d, unsure = cpu_scores.evs_screen(x)
+    assert not unsure.any()
+    err = (d.double() - evs_dissimilarity_torch(x).double()).abs().max().item()
+    assert err <= cpu_scores.evs_band(x.shape[2])
+
+
+def test_evs_golden_screen_within_band(case):
+    x = case["xbf16"].view(case["T"], case["N"], case["D"])
+    d, _ = cpu_scores.evs_screen(x)
+    assert (d - evs_dissimilarity_torch(x)).abs().max().item() <= cpu_scores.evs_band(case["D"])
+
+
+@pytest.mark.parametrize("name,make", EVS_INPUTS, ids=[n for n, _ in EVS_INPUTS])
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9])
+def test_evs_screened_selection_is_vllms(name, make, ratio, monkeypatch):
+    x = make()
+    T, N, D = x.shape
+    keep_ref, _ = evs_reference(x, ratio)
+    # the band logic itself, never the whole-video fallback
+    monkeypatch.setattr(evs_scores, "MAX_BAND_SHARE", 1.0)
+    for backend in ("numba", "torch"):
+        assert torch.equal(tc.select(x.reshape(T * N, D), T, ratio, method="evs", backend=backend).keep, keep_ref)
+
+
+def test_evs_near_ties_are_settled_by_exact_rechecks(monkeypatch):
+    x = near_ties()
+    T, N, D = x.shape
+    count = evs_retained_count(N, T, 0.5)
+    checked = []
+    real = evs_scores.evs_dissimilarity_rows
+    monkeypatch.setattr(evs_scores, "evs_dissimilarity_rows", lambda f, flat: checked.append(flat.numel()) or real(f, flat))
+    monkeypatch.setattr(evs_scores, "MAX_BAND_SHARE", 1.0)
+    mask = evs_scores.evs_keep(x, count, screen=True)
+    assert torch.equal(mask.view(-1).nonzero().squeeze(1), evs_reference(x, 0.5)[0])
+    assert checked and checked[0] >= N // 3 // 2  # the middle cluster straddles the cut
+
+
+def test_evs_dense_band_falls_back_to_the_torch_path(monkeypatch):
+    # a static video: every dissimilarity is ~0, so the band holds nearly every token
+    x = planted(1, 128, 64).repeat(6, 1, 1)
+    x[3:] += 1e-7 * torch.randn(3, 128, 64, generator=torch.Generator().manual_seed(0))
+    T, N, D = x.shape
+    calls = []
+    real = evs_scores.evs_dissimilarity_torch
+    monkeypatch.setattr(evs_scores, "evs_dissimilarity_torch", lambda f: calls.append(1) or real(f))
+    keep = tc.select(x.reshape(T * N, D), T, 0.5, method="evs").keep
+    assert calls  # the whole video was scored on the torch path
+    assert torch.equal(keep, evs_reference(x, 0.5)[0])
+
+
+def test_evs_tiny_rows_are_rechecked():
+    x = planted(5, 64, 48, seed=4)
+    x[2, :7] *= 1e-30  # squares far below fp32's normal range on the torch path
+    d, unsure = cpu_scores.evs_screen(x)
+    assert unsure[2, :7].all() and unsure[3, :7].all() and int(unsure.sum()) == 14
+    T, N, D = x.shape
+    for ratio in (0.25, 0.5, 0.75):
+        assert torch.equal(tc.select(x.reshape(T * N, D), T, ratio, method="evs").keep, evs_reference(x, ratio)[0])
+
+
+def test_evs_huge_features_take_the_torch_path():
+    x = planted(4, 32, 16) * 1e19  # fp32 squares overflow: the torch path rescales
+    assert cpu_scores.evs_screen(x) is None
+    T, N, D = x.shape
+    assert torch.equal(tc.select(x.reshape(T * N, D), T, 0.5, method="evs").keep,
+                       evs_reference(x / 1e19, 0.5)[0])

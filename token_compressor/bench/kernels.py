@@ -9,8 +9,9 @@ Each path computes one video's VidCom² keep mask from bf16 features `[T, N, D]`
     CPU thread as `select` runs it
   - `loop`: `compressors.reference.vidcom2_reference` in bf16, the authors' formulation
     (materialised gather, normalised features, difference tensors, a top-k loop over frames)
-  - `evs`: `kernels.evs_scores.evs_dissimilarity_torch` (EVS's scores, one pass over the input),
-    under the same thread policy
+  - `evs`: the `evs` compressor (`compressors/baselines.py`) as `select` runs it: on the CPU one
+    compiled screening pass over the input plus exact re-checks near the cut (`kernels/evs_scores.py`,
+    `evs_keep`), elsewhere the blocked torch path
 Shuffled interleaved rounds (`token_compressor/bench/timing.py`: a warm-up outside the rounds, each
 round in a fresh random order), the median of `--repeats` rounds with the min-max: on CUDA timed
 with CUDA events, each round rotating over enough copies of the input (>= 512 MiB in all) that no
@@ -36,7 +37,7 @@ import torch
 from token_compressor.compressors.reference import vidcom2_reference
 from token_compressor.compressors.vidcom2 import vidcom2
 from token_compressor.kernels import numba_import_error, resolve_backend
-from token_compressor.kernels.evs_scores import evs_dissimilarity_torch
+from token_compressor.compressors.baselines import evs
 from token_compressor.kernels.threads import selection_threads
 
 from .machine import Measured, read_bandwidth
@@ -132,7 +133,7 @@ def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, r
 
         def evs_path(v):
             with selection_threads(v.device):
-                return evs_dissimilarity_torch(v)
+                return evs(v, ratio)
 
         fns["evs"] = evs_path
         row = {"T": T, "N": N, "D": D, "dtype": "bfloat16", "input_MB": round(x.numel() * 2 / 1e6, 1)}
@@ -174,7 +175,7 @@ def print_table(result: dict, measured: Measured = None) -> None:
     if measured is not None:
         print(measured.line())
     print(f"GB/s = {PASSES} passes x input bytes / time (evs: 1 pass); 'of peak' = GB/s / peak "
-          f"(1.0 = bandwidth bound); evs = EVS's dissimilarities, one pass")
+          f"(1.0 = bandwidth bound); evs = EVS's selection, one pass over the input")
     paths = [p for p in ("triton", "numba", "torch") if f"{p}_ms" in result["rows"][0]]
     head = f"{'T':>4}{'input MB':>10}"
     for p in paths + ["evs"]:

@@ -9,9 +9,9 @@ from typing import Optional
 
 import torch
 
-from ..kernels import vidcom2_scores
+from ..kernels import resolve_backend, vidcom2_scores
 from ..kernels.evs_scores import FIRST_FRAME_DISSIMILARITY as EVS_FIRST_FRAME_DISSIMILARITY
-from ..kernels.evs_scores import evs_dissimilarity_torch
+from ..kernels.evs_scores import evs_keep
 from ..registry import register_compressor
 from .vidcom2 import keep_lowest_per_frame
 
@@ -55,14 +55,14 @@ def evs_retained_count(tokens_per_frame: int, num_frames: int, ratio: float) -> 
 
 
 @register_compressor("evs", scans_input=True)  # its scorer vouches for the input
-def evs(features: torch.Tensor, ratio: float) -> torch.Tensor:
+def evs(features: torch.Tensor, ratio: float, *, backend: Optional[str] = None) -> torch.Tensor:
     """vLLM's Efficient Video Sampling: rank all tokens by cosine dissimilarity to the token at
     the same spatial position in the previous frame (the first frame always kept), one stable
-    descending sort over all T*N tokens, keep the first `evs_retained_count`. Scored in fp32
-    block by block (`kernels/evs_scores.py`): the selection is vLLM's on the fp32 input."""
+    descending sort over all T*N tokens, keep the first `evs_retained_count`. The selection is
+    vLLM's on the fp32 input, bit for bit: scored in fp32 block by block (`kernels/evs_scores.py`),
+    on bf16/fp32 CPU input screened by one compiled pass whose undecided tokens are re-checked
+    exactly (`evs_keep`). `backend`: `auto`/`numba` screen where the compiled pass runs, `torch`
+    never (`kernels.resolve_backend`)."""
     T, N, _ = features.shape
-    dissim = evs_dissimilarity_torch(features)
-    order = torch.argsort(dissim.reshape(-1), descending=True, stable=True)
-    mask = torch.zeros(T * N, dtype=torch.bool, device=features.device)
-    mask[order[: evs_retained_count(N, T, ratio)]] = True
-    return mask.view(T, N)
+    screen = resolve_backend(features, backend) == "numba"
+    return evs_keep(features, evs_retained_count(N, T, ratio), screen)

@@ -196,3 +196,35 @@ def add_groups(parts, group, out):
             p = parts[q * group + j]
             for c in range(D):
                 o[c] += p[c]
+
+
+@jit
+def evs_pass(lo, hi, x, T, N, per, sq, dot):
+    """EVS's sums, accumulated in fp64: products of fp32 values are exact there and the sums'
+    error (~D 2^-53 relatively) is far below the torch path's, so the band around the cut is the
+    torch path's rounding alone (`cpu_scores.evs_band`). (fp32 blocks of 64 channels added in
+    fp64 vectorised worse and took 2.4x as long.) Chunks lo..hi-1, chunk j = tokens j*per ..
+    (j+1)*per-1 through every frame (token-major, so that the previous frame's rows of the same
+    tokens are still in cache): per row of frame t, sq[t, i] = Σ x²; for t >= 1, dot[t, i] =
+    x[t, i]·x[t-1, i]."""
+    D = x.shape[1]
+    for j in range(lo, hi):
+        i0 = j * per
+        i1 = min(N, i0 + per)
+        for t in range(T):
+            for i in range(i0, i1):
+                r = t * N + i
+                s = 0.0
+                if t == 0:
+                    for c in range(D):
+                        v = np.float64(value(x, r, c))
+                        s += v * v
+                else:
+                    p = r - N
+                    d = 0.0
+                    for c in range(D):
+                        v = np.float64(value(x, r, c))
+                        s += v * v
+                        d += v * np.float64(value(x, p, c))
+                    dot[t, i] = d
+                sq[t, i] = s

@@ -1,5 +1,7 @@
 """VidCom²'s per-token scores on the CPU as three compiled passes (numba), each reading the
-features once: the bandwidth path that `auto` picks for CPU tensors in bf16 or fp32.
+features once: the bandwidth path that `auto` picks for CPU tensors in bf16 or fp32. And EVS's
+dissimilarities as one compiled pass that screens (`evs_screen`; `evs_scores.evs_keep` re-checks
+the decisions it cannot settle on the torch path, so EVS's selection stays vLLM's, bitwise).
 
 Why compiled. The torch path (`torch_scores.py`) runs each pass as 3-5 torch operations per
 cache-sized block (an upcast, a shift, a product, one or two matrix-vector sums), each a sweep over
@@ -27,6 +29,7 @@ aborts a forked child that uses it).
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
@@ -37,7 +40,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .ranges import downscale_for_range
+from .ranges import downscale_for_range, vouch_for_input
 from .threads import kernel_threads, selection_threads
 from .torch_scores import frame_centres, kept_channel_weights, scores_from_dots, variance_from_sums, variance_shift, \
     vouch_from_variance_sums
@@ -189,6 +192,74 @@ def vidcom2_scores_cpu(features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tens
     if scores is None:
         raise RuntimeError("VidCom² scores overflow even after rescaling the features; please report this")
     return scores
+
+
+# EVS: tokens per chunk through all frames. One frame's chunk of a bf16 D=3584 video is 458 KiB, so
+# the previous frame's rows of the same tokens are read from L2, not memory.
+EVS_TOKEN_CHUNK = 64
+# A row whose sum of squares is below this has subnormal fp32 squares on the torch path, whose
+# rounding is then not bounded relative to the norm: its pairs are re-checked (`unsure`). At or
+# above OVERFLOW_SQUARES the torch path's fp32 sums overflow and it rescales: the screen steps
+# aside (None) and the torch path scores the video.
+TINY_SQUARES = 2.0**-100
+OVERFLOW_SQUARES = 2.0**120
+
+
+def evs_band(D: int) -> float:
+    """A bound on |d~ - d| between the dissimilarity `evs_screen` returns (d~) and the one the
+    torch path returns (d, F.cosine_similarity's operations in fp32) for any pair of rows of `D`
+    channels whose sums of squares lie in [TINY_SQUARES, OVERFLOW_SQUARES).
+
+    u = 2^-24, gamma_n = n u / (1 - n u). The torch path sums D products in fp32 in some order:
+    error <= gamma_D Σ|a_k b_k| <= gamma_D |a||b| (Cauchy-Schwarz), whatever the order. It
+    divides each row by its norm first (norm relative error eta <= gamma_D / 2 + 2u; the unit
+    components and their products carry 3u more), so |c_torch - c| <= gamma_D + 2 eta + 5u <=
+    2 gamma_D + 9u. The screen accumulates in fp64 (products of fp32 values exact, sums within
+    D 2^-53 relatively: below u for D < 2^29) and rounds d~ to fp32 once (u); `1 - c_torch`
+    rounds once more (u). So |d~ - d| <= 2 gamma_D + 13u to first order; the factor 1.05 covers
+    the rest (every first-order term is below 5e-4). D = 3584: 4.5e-4."""
+    u = 2.0**-24
+    gamma = D * u / (1.0 - D * u)
+    return 1.05 * (2.0 * gamma + 13.0 * u)
+
+
+def evs_screen(features: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """EVS's dissimilarities from one compiled pass, to within `evs_band` of the torch path's.
+
+    Args:
+        features: `[T, N, D]`, bf16 or fp32, CPU (`supports`).
+    Returns:
+        `(d~, unsure)`: fp32 `[T, N]` (`FIRST_FRAME_DISSIMILARITY` on frame 0, exactly as the
+        torch path) and bool `[T, N]`, the pairs outside the bound (a row with a tiny sum of
+        squares) that the caller must compute exactly; or None when the input is not finite or
+        its fp32 sums of squares would overflow (the torch path refuses or rescales).
+        Vouches for `select`'s input check from the sums of squares, as the torch path does.
+    """
+    from .evs_scores import COSINE_EPS, FIRST_FRAME_DISSIMILARITY
+
+    T, N, D = features.shape
+    x = features.reshape(T * N, D)
+    if not x.is_contiguous():
+        x = x.contiguous()
+    f64 = dict(dtype=torch.float64)
+    sq = torch.empty(T, N, **f64)
+    dot = torch.zeros(T, N, **f64)
+    chunks = -(-N // EVS_TOKEN_CHUNK)
+    with selection_threads(features.device):  # see vidcom2_scores_cpu
+        _run(_kernels().evs_pass, chunks, _as_array(x), T, N, EVS_TOKEN_CHUNK, sq.numpy(), dot.numpy())
+        top_sq = float(sq.max())
+        if not (math.isfinite(top_sq) and top_sq < OVERFLOW_SQUARES):  # NaN propagates: not finite
+            return None
+        top = math.sqrt(top_sq)
+        # max|x| <= the largest row norm, >= it over sqrt(D) (fp64 sums: exact enough)
+        vouch_for_input(True, top / D ** 0.5, top)
+        norms = sq.sqrt().clamp_min_(COSINE_EPS)
+        d = torch.full((T, N), FIRST_FRAME_DISSIMILARITY, dtype=torch.float32)
+        d[1:] = (1.0 - dot[1:] / (norms[1:] * norms[:-1])).float()
+        tiny = sq < TINY_SQUARES
+        unsure = torch.zeros(T, N, dtype=torch.bool)
+        unsure[1:] = tiny[1:] | tiny[:-1]
+    return d, unsure
 
 
 def warn_unavailable_once(problem: str) -> None:

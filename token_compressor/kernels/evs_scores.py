@@ -19,6 +19,7 @@ import torch
 
 from .machine import block_rows
 from .ranges import downscale_for_range, vouch_for_input
+from .threads import selection_threads
 from .torch_scores import frame_blocks
 
 # F.cosine_similarity's default: each row's norm is clamped to at least this.
@@ -103,3 +104,79 @@ def evs_dissimilarity_torch(features: torch.Tensor) -> torch.Tensor:
     if out is None:
         raise RuntimeError("EVS norms overflow even after rescaling the features; please report this")
     return out
+
+
+def evs_dissimilarity_rows(features: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """The torch path's dissimilarities of the tokens `flat` (int64 `[B]`, indices into the
+    `T*N` tokens, none in frame 0), bitwise `evs_dissimilarity_torch(features).view(-1)[flat]`
+    for features in range (no rescale): the same operations on each pair of rows (row norms,
+    unit rows, their product, its row sum, `1 - s`), whose results do not depend on the other
+    rows of the block (tested). On one torch thread, like the blocks inside `select`."""
+    T, N, D = features.shape
+    x = features.reshape(T * N, D)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    B = flat.numel()
+    # cache-sized blocks, as the torch path's (one of its blocks' three buffers each)
+    rows = max(1, min(BLOCK_ROWS if BLOCK_ROWS is not None else block_rows(4 * D, buffers=3), B))
+    units = torch.empty(2, rows, D, **f32)
+    norms = torch.empty(2, rows, **f32)
+    sims = torch.empty(B, **f32)
+    with selection_threads(x.device):
+        for s in range(0, B, rows):
+            e = min(s + rows, B)
+            _unit_rows(x[flat[s:e]], units[0, : e - s], norms[0, : e - s], 1.0)
+            _unit_rows(x[flat[s:e] - N], units[1, : e - s], norms[1, : e - s], 1.0)
+            torch.sum(torch.mul(units[0, : e - s], units[1, : e - s]), dim=-1, out=sims[s:e])
+    return torch.sub(1.0, sims)
+
+
+# screened EVS gives up (and scores the whole video on the torch path) when more than this share
+# of the tokens lies within the error band of the cut: a nearly static video, where most
+# dissimilarities are ~0 and the screen would re-check most rows anyway
+MAX_BAND_SHARE = 0.25
+
+
+def evs_keep(features: torch.Tensor, count: int, screen: bool) -> torch.Tensor:
+    """vLLM's EVS keep mask: bool `[T, N]`, True on the first `count` tokens of one stable
+    descending sort of the dissimilarities (`evs_dissimilarity_torch`, vLLM's values on the fp32
+    input).
+
+    `screen`: score with the compiled pass (`cpu_scores.evs_screen`; bf16/fp32 CPU input), whose
+    values d~ lie within `band = cpu_scores.evs_band(D)` of the torch path's d. The K-th largest
+    d~, v, is then within `band` of the K-th largest d (order statistics move by at most the
+    largest change of their inputs), so a token with d~ > v + 2 band is kept and one with d~ < v -
+    2 band dropped, exactly as the full sort would; the tokens in between get their exact d
+    (`evs_dissimilarity_rows`) and are ordered as the full sort orders them (d descending, then
+    position), filling the remaining places. Pairs the screen is unsure of (tiny rows) are
+    computed exactly first. The mask is the torch path's, bit for bit (tested against vLLM's
+    formulation on golden and near-tie inputs)."""
+    from . import cpu_scores
+
+    T, N, D = features.shape
+    M = T * N
+    screened = cpu_scores.evs_screen(features) if screen and count < M else None
+    if screened is None:
+        dissim = evs_dissimilarity_torch(features).reshape(-1)
+        order = torch.argsort(dissim, descending=True, stable=True)
+        mask = torch.zeros(M, dtype=torch.bool, device=features.device)
+        mask[order[:count]] = True
+        return mask.view(T, N)
+    approx, unsure = screened
+    d = approx.reshape(-1)
+    fix = unsure.reshape(-1).nonzero().squeeze(1)
+    if fix.numel():
+        d[fix] = evs_dissimilarity_rows(features, fix)
+    band = cpu_scores.evs_band(D)
+    cut = float(torch.topk(d, count, sorted=False).values.min())
+    sure = d > cut + 2.0 * band
+    near = (d >= cut - 2.0 * band) & ~sure
+    candidates = near.nonzero().squeeze(1)  # ascending positions
+    if candidates.numel() > MAX_BAND_SHARE * M:
+        return evs_keep(features, count, screen=False)
+    exact = d[candidates].clone()
+    later = candidates >= N  # frame 0's 255 is exact already
+    exact[later] = evs_dissimilarity_rows(features, candidates[later])
+    need = count - int(sure.sum())
+    order = torch.argsort(exact, descending=True, stable=True)  # ties: the lower position first
+    sure[candidates[order[:need]]] = True
+    return sure.view(T, N)
