@@ -9,7 +9,9 @@ frame's tokens taken through every frame) through reused fp32 buffers: each row 
 normalised once (it serves two pairs) and the product of a block lives in cache. The one pass
 also vouches for `select`'s input check (`ranges.vouch_for_input`), so the video is read once. Same operations on the same values in the same order, so the dissimilarities are the
 ones `F.cosine_similarity` gives on the fp32 input (tested bitwise), and the selection is exactly
-vLLM's from fp32 input.
+vLLM's from fp32 input. On bf16/fp32 CPU input, `evs_keep` screens with one compiled pass instead
+(`cpu_scores.evs_screen`) and computes here, with the same operations, only the tokens the screen
+cannot place (`evs_dissimilarity_rows`): the same selection, from one read of the video.
 """
 from __future__ import annotations
 
