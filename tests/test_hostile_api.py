@@ -16,7 +16,8 @@ from token_compressor.registry import check_options, register_compressor, unregi
     ("vidcom2", {"foo": 1}, "compressor 'vidcom2' has no option 'foo'; its options: backend"),
     ("random", {"seed": [1]}, "compressor 'random' option seed=[1] is a list; expected int"),
     ("random", {"seed": True}, "option seed=True is a bool; expected int"),
-    ("evs", {"seed": 1}, "compressor 'evs' has no option 'seed'; its options: (none)"),
+    ("evs", {"seed": 1}, "compressor 'evs' has no option 'seed'; its options: backend"),
+    ("none", {"seed": 1}, "compressor 'none' has no option 'seed'; its options: (none)"),
 ])
 def test_unknown_or_mistyped_options_are_rejected_at_apply(method, options, message):
     model = tiny_model("qwen2_5_vl")
