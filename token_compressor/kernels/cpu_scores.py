@@ -44,7 +44,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .ranges import downscale_for_range, vouch_for_input
+from .ranges import at_a_safe_scale, vouch_for_input
 from .threads import kernel_threads, selection_threads
 from .torch_scores import frame_centres, kept_channel_weights, scores_from_dots, variance_from_sums, variance_shift, \
     vouch_from_variance_sums
@@ -188,12 +188,7 @@ def vidcom2_scores_cpu(features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tens
         x = x.contiguous()
     # torch's own small operations between the passes on one thread (module docstring)
     with selection_threads(features.device):
-        scores = _scores(x, T, N, 1.0)
-        if scores is None:
-            scores = _scores(x, T, N, downscale_for_range(x))
-    if scores is None:
-        raise RuntimeError("VidCom² scores overflow even after rescaling the features; please report this")
-    return scores
+        return at_a_safe_scale(x, lambda scale: _scores(x, T, N, scale), "VidCom² scores")
 
 
 # EVS: tokens per chunk through all frames. One frame's chunk of a bf16 D=3584 video is 458 KiB, so

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from .machine import block_rows
-from .ranges import downscale_for_range, vouch_for_input
+from .ranges import at_a_safe_scale, vouch_for_input
 from .threads import selection_threads
 from .torch_scores import frame_blocks
 
@@ -100,12 +100,7 @@ def evs_dissimilarity_torch(features: torch.Tensor) -> torch.Tensor:
     """
     T, N, D = features.shape
     x = features.reshape(T * N, D)
-    out = _dissimilarity(x, T, N, 1.0)
-    if out is None:
-        out = _dissimilarity(x, T, N, downscale_for_range(x))
-    if out is None:
-        raise RuntimeError("EVS norms overflow even after rescaling the features; please report this")
-    return out
+    return at_a_safe_scale(x, lambda scale: _dissimilarity(x, T, N, scale), "EVS norms")
 
 
 def evs_dissimilarity_rows(features: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:

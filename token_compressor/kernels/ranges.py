@@ -12,6 +12,7 @@ scale given here. Ordinary inputs are never rescaled, so their scores are bit-fo
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional, TypeVar
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Optional
@@ -22,6 +23,7 @@ import torch
 # channels of any video) stays below fp32's 2**128. Rows whose norm falls under the scorers' eps
 # after rescaling are ~1e-22 of the largest value or smaller.
 MAX_EXPONENT = 32
+R = TypeVar("R")
 
 
 def downscale_for_range(x: torch.Tensor) -> float:
@@ -32,6 +34,19 @@ def downscale_for_range(x: torch.Tensor) -> float:
         raise ValueError("features contain non-finite values (NaN or inf)")
     _, exponent = math.frexp(amax)  # amax < 2**exponent
     return 2.0 ** min(0, MAX_EXPONENT - exponent)
+
+
+def at_a_safe_scale(x: torch.Tensor, score: Callable[[float], Optional[R]], what: str) -> R:
+    """`score(1.0)`, or where that overflowed fp32 (returned None) `score(downscale_for_range(x))`:
+    the scorers whose results are invariant to a power-of-two scale of `x` (VidCom², EVS) run
+    unscaled whenever they can, which keeps every ordinary input bit for bit as it was.
+    Raises RuntimeError naming `what` when the rescaled run overflows too (not expected)."""
+    out = score(1.0)
+    if out is None:
+        out = score(downscale_for_range(x))
+    if out is None:
+        raise RuntimeError(f"{what} overflow even after rescaling the features; please report this")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 
 from .machine import block_rows
-from .ranges import downscale_for_range, vouch_for_input
+from .ranges import at_a_safe_scale, vouch_for_input
 
 EPS = 1e-12
 SCALES = (0.125, 0.25, 0.5, 1.0, 2.0)
@@ -227,12 +227,7 @@ def vidcom2_scores_torch(features: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
     """
     T, N, D = features.shape
     x = features.reshape(T * N, D)
-    scores = _scores(x, T, N, 1.0)
-    if scores is None:
-        scores = _scores(x, T, N, downscale_for_range(x))
-    if scores is None:
-        raise RuntimeError("VidCom² scores overflow even after rescaling the features; please report this")
-    return scores
+    return at_a_safe_scale(x, lambda scale: _scores(x, T, N, scale), "VidCom² scores")
 
 
 def _scores(x: torch.Tensor, T: int, N: int, scale: float) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
