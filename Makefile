@@ -25,13 +25,14 @@ EXTRAS := test,eval,viz,screening
 PY := .venv/bin/python
 
 # The tests `make test-oldest` runs: model patches and their generate/forward contract, selection
-# (golden parity included), the Triton interpreter checks, the command line and the benchmarks at
-# toy sizes. The lmms-eval end-to-end tests stay on the main lock.
+# (golden parity included), the compiled CPU kernels (numba at its oldest), the Triton interpreter
+# checks, the command line and the benchmarks at toy sizes. The lmms-eval end-to-end tests stay on
+# the main lock.
 OLDEST_TESTS := tests/test_models.py tests/test_contract.py tests/test_batches.py tests/test_omni.py tests/test_processor_path.py \
 	tests/test_select.py \
 	tests/test_golden.py tests/test_golden_baselines.py tests/test_golden_fastvid_holitom.py tests/test_golden_holitom_d.py \
 	tests/test_evs.py tests/test_score_range.py tests/test_selection_threads.py tests/test_config.py \
-	tests/test_kernels_triton.py tests/test_cli.py tests/test_cli_model.py tests/test_lock.py \
+	tests/test_kernels_cpu.py tests/test_kernels_triton.py tests/test_cli.py tests/test_cli_model.py tests/test_lock.py \
 	tests/test_gpu_check.py tests/test_bench.py
 
 # The tests `make test-mkl-path` reruns under another MKL code path: everything that asserts a
@@ -39,8 +40,8 @@ OLDEST_TESTS := tests/test_models.py tests/test_contract.py tests/test_batches.p
 # a near-tie then fails on every machine CI runs on, not only on some.
 MKL_PATH_TESTS := tests/test_select.py tests/test_golden.py tests/test_golden_baselines.py \
 	tests/test_golden_fastvid_holitom.py tests/test_golden_holitom_d.py tests/test_evs.py \
-	tests/test_score_range.py tests/test_viz.py tests/test_cli.py tests/test_retention.py \
-	tests/test_mkl_path.py
+	tests/test_score_range.py tests/test_kernels_cpu.py tests/test_viz.py tests/test_cli.py \
+	tests/test_retention.py tests/test_mkl_path.py
 
 .PHONY: bench bench-vllm test test-oldest test-mkl-path test-latest test-vllm lock venv clean
 
