@@ -1,5 +1,5 @@
 """Scoring-kernel benchmark: the Triton path, the compiled CPU path, the torch path and the
-per-frame-loop formulation; and EVS's one-pass dissimilarities.
+per-frame-loop formulation of VidCom²; and EVS's selection (one pass over the input).
 
 Each path computes one video's VidCom² keep mask from bf16 features `[T, N, D]`:
   - `triton`: `vidcom2(..., backend="triton")` (CUDA only): three Triton passes + vectorised top-k
@@ -34,10 +34,10 @@ import time
 
 import torch
 
+from token_compressor.compressors.baselines import evs
 from token_compressor.compressors.reference import vidcom2_reference
 from token_compressor.compressors.vidcom2 import vidcom2
 from token_compressor.kernels import numba_import_error, resolve_backend
-from token_compressor.compressors.baselines import evs
 from token_compressor.kernels.threads import selection_threads
 
 from .machine import Measured, read_bandwidth
@@ -120,22 +120,17 @@ def run(frames=(16, 32, 64), N: int = 256, D: int = 3584, ratio: float = 0.25, r
         if use_triton:
             fns["triton"] = lambda v: vidcom2(v, ratio, backend="triton")
 
-        def on_select_threads(backend):
+        def on_select_threads(fn):
             def path(v):
                 with selection_threads(v.device):  # the thread policy `select` applies
-                    return vidcom2(v, ratio, backend=backend)
+                    return fn(v)
             return path
 
         if use_numba:
-            fns["numba"] = on_select_threads("numba")
-        fns["torch"] = on_select_threads("torch")
+            fns["numba"] = on_select_threads(lambda v: vidcom2(v, ratio, backend="numba"))
+        fns["torch"] = on_select_threads(lambda v: vidcom2(v, ratio, backend="torch"))
         fns["loop"] = lambda v: vidcom2_reference(v, ratio, compute_dtype=torch.bfloat16)
-
-        def evs_path(v):
-            with selection_threads(v.device):
-                return evs(v, ratio)
-
-        fns["evs"] = evs_path
+        fns["evs"] = on_select_threads(lambda v: evs(v, ratio))
         row = {"T": T, "N": N, "D": D, "dtype": "bfloat16", "input_MB": round(x.numel() * 2 / 1e6, 1)}
         for path in ("triton", "numba"):  # every fp32 scorer must choose the same tokens on this input
             if path in fns:

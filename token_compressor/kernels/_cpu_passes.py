@@ -17,10 +17,12 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 from llvmlite import ir
 
+from .torch_scores import EPS as _EPS
+
 # reassociation lets LLVM vectorise the row reductions; contraction allows FMA. Not `nnan`/`ninf`:
 # NaN and inf must propagate into the sums, which is how the input check sees them.
 FASTMATH = {"reassoc", "contract"}
-EPS = np.float32(1e-12)  # torch_scores.EPS
+EPS = np.float32(_EPS)
 
 
 def _probe():

@@ -117,6 +117,12 @@ def _as_array(x: torch.Tensor) -> np.ndarray:
     return x.numpy()
 
 
+def _rows(features: torch.Tensor) -> torch.Tensor:
+    """`[T, N, D]` -> the C-contiguous `[T*N, D]` the passes read (a copy only when not already)."""
+    T, N, D = features.shape
+    return features.reshape(T * N, D).contiguous()
+
+
 def _scores(x: torch.Tensor, T: int, N: int, scale: float) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """`torch_scores._scores` with the compiled passes: the scores of `x * scale` `[T*N, D]`
     (contiguous, bf16 or fp32, CPU), or None when a channel variance or a row norm overflowed."""
@@ -183,9 +189,7 @@ def vidcom2_scores_cpu(features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tens
         raise ValueError(f"the compiled CPU kernels score CPU tensors in bfloat16 or float32, got "
                          f"{features.dtype} on {features.device}")
     T, N, D = features.shape
-    x = features.reshape(T * N, D)
-    if not x.is_contiguous():
-        x = x.contiguous()
+    x = _rows(features)
     # torch's own small operations between the passes on one thread (module docstring)
     with selection_threads(features.device):
         return at_a_safe_scale(x, lambda scale: _scores(x, T, N, scale), "VidCom² scores")
@@ -235,9 +239,7 @@ def evs_screen(features: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Ten
     from .evs_scores import COSINE_EPS, FIRST_FRAME_DISSIMILARITY
 
     T, N, D = features.shape
-    x = features.reshape(T * N, D)
-    if not x.is_contiguous():
-        x = x.contiguous()
+    x = _rows(features)
     f64 = dict(dtype=torch.float64)
     sq = torch.empty(T, N, **f64)
     dot = torch.zeros(T, N, **f64)
@@ -263,8 +265,8 @@ def warn_unavailable_once(problem: str) -> None:
     """One warning per process when `auto` falls back to the torch path (same scores, slower)."""
     if not _WARNED.is_set():
         _WARNED.set()
-        warnings.warn(f"token_compressor: the compiled CPU kernels are unavailable ({problem}); VidCom² "
-                      f"scores run on the slower torch path (same selection)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"token_compressor: the compiled CPU kernels are unavailable ({problem}); VidCom²'s "
+                      f"and EVS's scores run on the slower torch path (same selections)", RuntimeWarning, stacklevel=3)
 
 
 _WARNED = threading.Event()

@@ -12,10 +12,9 @@ scale given here. Ordinary inputs are never rescaled, so their scores are bit-fo
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, TypeVar
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 
